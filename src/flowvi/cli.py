@@ -1,0 +1,150 @@
+"""The ``flowvi`` command. Argument parsing lives here and only here."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import fields
+from datetime import datetime
+from pathlib import Path
+
+from flowvi import __version__
+from flowvi.flows import LAYERS
+from flowvi.plot import fit_figure
+from flowvi.run import FitConfig, load_fit, resume_config, run_fit, run_name
+from flowvi.targets import ENERGIES, NAMES
+from flowvi.train import NonFiniteLossError
+
+DEFAULTS = FitConfig()
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="flowvi", description="Variational inference with normalizing flows."
+    )
+    parser.add_argument("--version", action="version", version=f"flowvi {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    fit = commands.add_parser(
+        "fit",
+        help="fit a flow to an unnormalized density by reverse KL (free energy)",
+        description=(
+            "Fit a normalizing flow q to p ∝ exp(-U) by minimizing the annealed free energy "
+            "E_q[ln q + β_t U] (Rezende & Mohamed 2015, Eq. 20). With no arguments: planar "
+            "K = 32 on U1–U4, the K = 32 column of their Figure 3."
+        ),
+    )
+    fit.add_argument(
+        "--target",
+        nargs="+",
+        default=list(ENERGIES),
+        help=f"one or more of {', '.join(NAMES)}, or module:function with --dim "
+        "(default: U1 U2 U3 U4)",
+    )
+
+    def option(*flags: str, help: str, **kwargs) -> None:
+        name = flags[0].lstrip("-").replace("-", "_")
+        shown = getattr(DEFAULTS, name)
+        fit.add_argument(
+            *flags, default=argparse.SUPPRESS, help=f"{help} (default: {shown})", **kwargs
+        )
+
+    option("--dim", type=int, help="dimension of a user target")
+    option("--flow", help=f"layer family: {', '.join(LAYERS)}")
+    option("--length", "-K", type=int, help="flow length K")
+    option("--base", help="base distribution: standard or diagonal")
+    option("--iters", type=int, help="training iterations")
+    option("--batch-size", type=int, help="samples per iteration")
+    option("--lr", type=float, help="learning rate")
+    option("--optimizer", help="adam or rmsprop")
+    option("--beta0", type=float, help="initial inverse temperature β_0 of Eq. 20")
+    option("--anneal-iters", type=int, help="iterations over which β rises to 1 (0: none)")
+    option("--seed", type=int, help="random seed")
+    option("--device", help="cpu, cuda, cuda:N or auto")
+    option("--dtype", help="float32 or float64")
+    option("--checkpoint-every", type=int, help="iterations between checkpoints")
+    option("--samples", type=int, help="Monte Carlo samples for the final metrics")
+    fit.add_argument(
+        "--no-confine",
+        dest="confine",
+        action="store_const",
+        const=False,
+        default=argparse.SUPPRESS,
+        help="do not add the wall at the edge of [-4, 4]² to U2-U4 (ln Z and KL become undefined)",
+    )
+    fit.add_argument(
+        "--out", type=Path, default=None, help="run directory (default: runs/fit-<date>-<time>)"
+    )
+    fit.add_argument(
+        "--resume",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="continue the run in DIR from its last checkpoint (--iters may extend it)",
+    )
+    fit.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+def _fit(args: argparse.Namespace) -> int:
+    progress = not args.quiet
+    given = {f.name: getattr(args, f.name) for f in fields(FitConfig) if hasattr(args, f.name)}
+    given.pop("target")
+    if args.resume is not None:
+        root = args.resume
+        if set(given) - {"iters"}:
+            raise ValueError("with --resume only --iters may be given: the run keeps its settings")
+        single = (root / "config.json").exists()
+        dirs = [root] if single else sorted(p.parent for p in root.glob("*/config.json"))
+        if not dirs:
+            raise ValueError(f"cannot resume {root}: it holds no flowvi run")
+        jobs = [(resume_config(d, **given), d) for d in dirs]
+        resume = True
+    else:
+        root = args.out or Path("runs") / datetime.now().strftime("fit-%Y%m%d-%H%M%S")
+        configs = [FitConfig(target=t, **given) for t in args.target]
+        for config in configs:  # refuse bad settings and targets before any work starts
+            config.validate()
+            config.resolve_target()
+        single = len(configs) == 1
+        jobs = [(c, root if single else root / run_name(c.target)) for c in configs]
+        resume = False
+    summary = {}
+    for config, directory in jobs:
+        metrics = run_fit(config, directory, resume=resume, progress=progress)
+        summary[config.target] = metrics
+        print(f"{config.target}: {_line(metrics)} -> {directory}")
+    if not single:
+        fits = [load_fit(d)[:2] for _, d in jobs]
+        fits = [(target, flow) for flow, target in fits if target.dim == 2]
+        if fits:
+            fit_figure([(t, f) for t, f in fits], root / "fit.png")
+        (root / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+        print(f"figure: {root / 'fit.png'}")
+    return 0
+
+
+def _line(metrics: dict) -> str:
+    kl = metrics.get("kl")
+    kl_text = "n/a" if kl is None else f"{kl:.4f} ± {metrics['kl_se']:.4f}"
+    return (
+        f"F = {metrics['free_energy']:.4f} nats, KL(q||p) = {kl_text} nats, "
+        f"ESS = {100 * metrics['ess_fraction']:.1f}%; {metrics['verdict']}"
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _fit(args)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"flowvi: error: {error}", file=sys.stderr)
+        return 2
+    except NonFiniteLossError as error:
+        print(f"flowvi: training stopped: {error}", file=sys.stderr)
+        return 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

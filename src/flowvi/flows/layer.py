@@ -1,0 +1,65 @@
+"""The parameter side of a flow layer: free parameters, or parameters emitted from a context."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from flowvi.transforms.base import Transform
+
+
+class Layer(nn.Module):
+    """An ``nn.Module`` whose call ``layer(context=None)`` returns a :class:`Transform`.
+
+    Subclasses name their transform class and give the initial raw parameters. With
+    ``context_dim=None`` these are free ``nn.Parameter`` s shared by all inputs. With
+    ``context_dim=c`` the layer is *amortized*: a linear head maps a context ``h: (*batch, c)``
+    (a VAE encoder's output, say) to one full set of raw parameters per input, shapes
+    ``(*batch, *shape)``, so that each datapoint gets its own transform (Rezende & Mohamed 2015,
+    Section 4; van den Berg et al. 2018). The head starts with small weights and its bias at the
+    unconditional initial values.
+
+    Because every raw parameter value gives an invertible transform, no constraint is applied
+    here: the transform enforces it.
+    """
+
+    transform: type[Transform]
+
+    def __init__(self, params: dict[str, Tensor], *, context_dim: int | None = None) -> None:
+        super().__init__()
+        self.context_dim = context_dim
+        self.shapes = {name: tuple(value.shape) for name, value in params.items()}
+        if context_dim is None:
+            self.params = nn.ParameterDict({k: nn.Parameter(v) for k, v in params.items()})
+            return
+        if context_dim < 1:
+            raise ValueError(f"context_dim must be a positive integer, got {context_dim}")
+        flat = torch.cat([value.reshape(-1) for value in params.values()])
+        self.head = nn.Linear(context_dim, flat.numel())
+        with torch.no_grad():
+            self.head.weight.normal_(0.0, 0.01 / math.sqrt(context_dim))
+            self.head.bias.copy_(flat)
+
+    def raw(self, context: Tensor | None = None) -> dict[str, Tensor]:
+        """The raw parameters, shapes ``shape`` (free) or ``(*batch, *shape)`` (amortized)."""
+        if self.context_dim is None:
+            return dict(self.params)
+        if context is None or context.shape[-1] != self.context_dim:
+            got = None if context is None else tuple(context.shape)
+            raise ValueError(
+                f"{type(self).__name__} is amortized: it needs a context of shape "
+                f"(*batch, {self.context_dim}), got {got}"
+            )
+        out = self.head(context)
+        sizes = [math.prod(shape) for shape in self.shapes.values()]
+        pieces = torch.split(out, sizes, dim=-1)
+        batch = out.shape[:-1]
+        return {
+            name: piece.reshape(*batch, *shape)
+            for (name, shape), piece in zip(self.shapes.items(), pieces, strict=True)
+        }
+
+    def forward(self, context: Tensor | None = None) -> Transform:
+        return self.transform(**self.raw(context))

@@ -1,0 +1,204 @@
+"""A reverse-KL fit as a run: resolved configuration in, a directory of results out."""
+
+from __future__ import annotations
+
+import csv
+import io as _io
+import math
+import platform
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import flowvi
+from flowvi import targets
+from flowvi._checks import check_choice, check_dim
+from flowvi.fit import fit
+from flowvi.flows import build
+from flowvi.io import CONFIG, atomic_write, load, read_json, save, write_json
+from flowvi.metrics import evaluate
+from flowvi.objectives import beta_schedule
+from flowvi.plot import fit_figure
+from flowvi.train import CHECKPOINT, make_optimizer
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """Everything that determines a ``flowvi fit`` run; saved as ``config.json``.
+
+    Defaults are the ``flowvi fit`` defaults (planar flow, K = 32, Adam).
+    """
+
+    target: str = "U1"
+    flow: str = "planar"
+    length: int = 32
+    base: str = "standard"
+    dim: int | None = None
+    confine: bool | None = None
+    iters: int = 10_000
+    batch_size: int = 256
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    beta0: float = 0.01
+    anneal_iters: int = 5_000
+    seed: int = 0
+    device: str = "cpu"
+    dtype: str = "float32"
+    checkpoint_every: int = 1_000
+    samples: int = 100_000
+
+    def validate(self) -> None:
+        """Refuse impossible settings before any work starts.
+
+        Raises:
+            ValueError: naming the setting and the accepted values.
+        """
+        check_dim(self.length, "flow length K (--length)")
+        check_dim(self.iters, "--iters")
+        check_dim(self.batch_size, "--batch-size")
+        check_dim(self.checkpoint_every, "--checkpoint-every")
+        check_dim(self.samples, "--samples")
+        check_choice(self.dtype, DTYPES, "dtype")
+        check_choice(self.flow, flowvi.flows.LAYERS, "flow")
+        check_choice(self.base, flowvi.distributions.BASES, "base")
+        make_optimizer([torch.zeros(1, requires_grad=True)], self.optimizer, self.lr)
+        beta_schedule(0, beta0=self.beta0, anneal_iters=self.anneal_iters)
+        if self.dim is not None:
+            check_dim(self.dim, "--dim")
+        _device(self.device)
+
+    def resolve_target(self) -> targets.Target:
+        return targets.get(self.target, dim=self.dim, confine=self.confine)
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise ValueError(f"unknown device {name!r}: {error}") from error
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available")
+    return device
+
+
+def run_name(target: str) -> str:
+    """A directory name for a target (a user's ``module:function`` made path-safe)."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in target)
+
+
+def run_fit(
+    config: FitConfig, directory: str | Path, *, resume: bool = False, progress: bool = True
+) -> dict[str, Any]:
+    """Fit, evaluate and write one run to ``directory``.
+
+    Writes ``config.json``, ``checkpoint.safetensors`` (during training), ``model.safetensors``,
+    ``trace.csv`` (iteration, beta, annealed free energy), ``metrics.json`` and ``fit.png``
+    (2-D targets). Returns the metrics.
+
+    Raises:
+        ValueError: for invalid settings or a target of the wrong dimension (before any work),
+            or when ``directory`` already holds a run and ``resume`` is false.
+        flowvi.train.NonFiniteLossError: when the loss turns NaN or infinite; the checkpoint
+            keeps the last good parameters.
+    """
+    config.validate()
+    directory = Path(directory)
+    target = config.resolve_target()
+    if (directory / CONFIG).exists() and not resume:
+        raise ValueError(
+            f"{directory} already holds a run; continue it with --resume {directory} "
+            "or choose another --out"
+        )
+    if resume and not (directory / CHECKPOINT).exists():
+        raise ValueError(f"cannot resume {directory}: it has no {CHECKPOINT}")
+    device, dtype = _device(config.device), DTYPES[config.dtype]
+    torch.manual_seed(config.seed)
+    model_config = {
+        "flow": config.flow,
+        "d": target.dim,
+        "length": config.length,
+        "base": config.base,
+    }
+    flow = build(config.flow, target.dim, length=config.length, base=config.base)
+    flow = flow.to(device=device, dtype=dtype)
+    target = target.to(device)
+    record = asdict(config) | {
+        "dim": target.dim,
+        "confine": getattr(target, "confine", None),
+        "model": model_config,
+        "versions": {
+            "flowvi": flowvi.__version__,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+        },
+    }
+    write_json(directory / CONFIG, record)
+    trace = fit(
+        flow,
+        target,
+        iters=config.iters,
+        batch_size=config.batch_size,
+        lr=config.lr,
+        optimizer=config.optimizer,
+        beta0=config.beta0,
+        anneal_iters=config.anneal_iters,
+        directory=directory,
+        resume=resume,
+        checkpoint_every=config.checkpoint_every,
+        progress=progress,
+    )
+    save(flow, directory, model_config)
+    _write_trace(directory / "trace.csv", trace, config)
+    flow.eval()
+    metrics = evaluate(flow, target, samples=config.samples)
+    metrics["verdict"] = verdict(metrics)
+    write_json(directory / "metrics.json", metrics)
+    if target.dim == 2 and target.box is not None:
+        fit_figure([(target, flow)], directory / "fit.png")
+    return metrics
+
+
+def resume_config(directory: str | Path, **overrides: Any) -> FitConfig:
+    """The :class:`FitConfig` saved in a run directory, with ``overrides`` (e.g. ``iters``)."""
+    saved = read_json(Path(directory) / CONFIG)
+    known = {f.name for f in fields(FitConfig)}
+    config = FitConfig(**{k: v for k, v in saved.items() if k in known})
+    return replace(config, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def verdict(metrics: dict[str, Any]) -> str:
+    """One line on the fit's quality, from the KL, the forward KL and the ESS."""
+    kl, fkl, ess = metrics.get("kl"), metrics.get("forward_kl"), metrics["ess_fraction"]
+    if fkl is not None and kl is not None and fkl > max(1.0, 5 * kl):
+        return (
+            f"q may miss part of the target: KL(p||q) = {fkl:.3g} nats is far above "
+            f"KL(q||p) = {kl:.3g} (a dropped mode?)"
+        )
+    if ess < 0.1:
+        return f"poor: importance-sampling ESS is {100 * ess:.1f}% of the samples"
+    return f"good: ESS {100 * ess:.1f}%" + ("" if kl is None else f", KL(q||p) = {kl:.3g} nats")
+
+
+def _write_trace(path: Path, trace: torch.Tensor, config: FitConfig) -> None:
+    buffer = _io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["iteration", "beta", "free_energy"])
+    for t, value in enumerate(trace.tolist()):
+        if not math.isnan(value):
+            beta = beta_schedule(t, beta0=config.beta0, anneal_iters=config.anneal_iters)
+            writer.writerow([t, f"{beta:.6g}", f"{value:.6g}"])
+    text = buffer.getvalue()
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def load_fit(directory: str | Path):
+    """``(flow, target, metrics)`` of a finished run."""
+    directory = Path(directory)
+    config = resume_config(directory)
+    return load(directory), config.resolve_target(), read_json(directory / "metrics.json")

@@ -1,0 +1,70 @@
+"""Targets: unnormalized log densities ``log_prob(z: (batch, d)) -> (batch,)``, by name."""
+
+from __future__ import annotations
+
+import importlib
+
+from flowvi._checks import check_choice
+from flowvi.targets.base import FunctionTarget, Target
+from flowvi.targets.energies import ENERGIES, Energy, box_penalty
+from flowvi.targets.simple import Banana, Gaussian, GaussianMixture
+
+NAMES = [*ENERGIES, "gaussian", "mixture", "banana"]
+
+
+def get(name: str, *, dim: int | None = None, confine: bool | None = None) -> Target:
+    """The target called ``name``, or a user's function given as ``"module:function"``.
+
+    Args:
+        name: ``U1``–``U4`` (Rezende & Mohamed 2015, Table 1), ``gaussian``, ``mixture``,
+            ``banana``, or ``"package.module:function"`` for a function mapping ``z: (batch, d)``
+            to an unnormalized log density ``(batch,)`` in nats.
+        dim: required for a user's function; for a built-in target it must equal its dimension
+            (``gaussian`` accepts any ``dim``, default 2).
+        confine: for U1–U4, whether to add the wall at the edge of ``[-4, 4]²`` (see
+            :class:`flowvi.targets.energies.Energy`); default on for U2–U4.
+
+    Raises:
+        ValueError: for an unknown name (the valid ones are listed), a module or function that
+            cannot be imported, or a ``dim`` that does not match the target.
+    """
+    if ":" in name:
+        return _import(name, dim)
+    check_choice(name, NAMES, "target")
+    if name in ENERGIES:
+        target: Target = Energy(name, confine=confine)
+    elif name == "gaussian":
+        target = Gaussian.default(2 if dim is None else dim)
+    elif name == "mixture":
+        target = GaussianMixture()
+    else:
+        target = Banana()
+    if dim is not None and dim != target.dim:
+        raise ValueError(f"target {name} is {target.dim}-dimensional, but dim={dim} was given")
+    return target
+
+
+def _import(spec: str, dim: int | None) -> Target:
+    module_name, _, attr = spec.partition(":")
+    if dim is None:
+        raise ValueError(f"a user target ({spec}) needs its dimension: pass dim (--dim on the CLI)")
+    try:
+        fn = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as error:
+        raise ValueError(f"cannot import target {spec!r}: {error}") from error
+    if not callable(fn):
+        raise ValueError(f"target {spec!r} is not callable")
+    return FunctionTarget(fn, dim, name=spec)
+
+
+__all__ = [
+    "NAMES",
+    "Banana",
+    "Energy",
+    "FunctionTarget",
+    "Gaussian",
+    "GaussianMixture",
+    "Target",
+    "box_penalty",
+    "get",
+]

@@ -1,0 +1,159 @@
+"""The one training loop: optimizer, progress bar, NaN guard, atomic checkpoints, resume."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from flowvi._checks import check_choice, check_dim
+from flowvi.io import write_tensors
+
+CHECKPOINT = "checkpoint.safetensors"
+OPTIMIZERS = {"adam": torch.optim.Adam, "rmsprop": torch.optim.RMSprop}
+
+LossFn = Callable[[int], tuple[Tensor, Mapping[str, Tensor]]]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training met a NaN or infinite loss or gradient; the message says where and what."""
+
+
+def make_optimizer(params, name: str, lr: float) -> torch.optim.Optimizer:
+    """Adam (default) or RMSprop (the paper's choice, with momentum 0.9).
+
+    Raises:
+        ValueError: for an unknown name or ``lr <= 0``.
+    """
+    check_choice(name, OPTIMIZERS, "optimizer")
+    if not lr > 0 or not math.isfinite(lr):
+        raise ValueError(f"learning rate must be positive and finite, got {lr}")
+    kwargs = {"momentum": 0.9} if name == "rmsprop" else {}
+    return OPTIMIZERS[name](params, lr=lr, **kwargs)
+
+
+def train(
+    model: nn.Module,
+    loss_fn: LossFn,
+    *,
+    iters: int,
+    lr: float = 1e-3,
+    optimizer: str = "adam",
+    directory: str | Path | None = None,
+    resume: bool = False,
+    checkpoint_every: int = 1000,
+    progress: bool = True,
+    desc: str = "train",
+) -> Tensor:
+    """Minimize ``loss_fn(t)`` over ``model``'s parameters for iterations ``t = 0 … iters - 1``.
+
+    ``loss_fn(t)`` returns the scalar loss and named per-sample tensors that it was computed
+    from (e.g. ``{"target log density": log_p}``); the names are used to explain a failure.
+
+    Every ``checkpoint_every`` iterations, and at the end, the model, optimizer and random
+    number generator states and the loss trace go to ``directory/checkpoint.safetensors``,
+    written atomically, so that ``resume=True`` continues exactly where the run stopped.
+
+    Returns:
+        the loss at every iteration, shape ``(iters,)``.
+
+    Raises:
+        NonFiniteLossError: at the first iteration whose loss or gradient is NaN or infinite,
+            naming the iteration and the inputs that were non-finite. The parameters are not
+            updated by that iteration, and (with a ``directory``) they are saved as the
+            checkpoint, so the run keeps its last good state.
+        ValueError: for ``iters < 1``, ``checkpoint_every < 1``, a bad optimizer or ``lr``, or
+            ``resume`` without a checkpoint.
+    """
+    check_dim(iters, "iters")
+    check_dim(checkpoint_every, "checkpoint_every")
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = make_optimizer(params, optimizer, lr)
+    trace = torch.full((iters,), math.nan)
+    start = 0
+    path = None if directory is None else Path(directory) / CHECKPOINT
+    if resume:
+        if path is None or not path.exists():
+            raise ValueError(f"cannot resume: no {CHECKPOINT} in {directory}")
+        start = _load_checkpoint(path, model, opt, trace)
+
+    def checkpoint(t: int) -> None:
+        if path is not None:
+            _save_checkpoint(path, model, opt, trace, t)
+
+    bar = tqdm(range(start, iters), initial=start, total=iters, desc=desc, disable=not progress)
+    for t in bar:
+        loss, parts = loss_fn(t)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = nn.utils.clip_grad_norm_(params, math.inf)
+        if not torch.isfinite(loss.detach() + grad_norm):  # the one host sync per step
+            checkpoint(t)
+            raise NonFiniteLossError(_explain(t, loss, grad_norm, parts, path))
+        opt.step()
+        trace[t] = loss.detach()
+        if (t + 1) % checkpoint_every == 0 and t + 1 < iters:
+            checkpoint(t + 1)
+        if t % 25 == 0 or t + 1 == iters:
+            bar.set_postfix(loss=f"{trace[t]:.4f}")
+    checkpoint(iters)
+    return trace
+
+
+def _explain(t: int, loss: Tensor, grad_norm: Tensor, parts: Mapping[str, Tensor], path) -> str:
+    what = "loss" if not torch.isfinite(loss) else "gradient"
+    lines = [
+        f"non-finite {what} at iteration {t} (loss {loss.item()}, grad norm {grad_norm.item()})"
+    ]
+    for name, value in parts.items():
+        bad = int((~torch.isfinite(value.detach())).sum())
+        if bad:
+            lines.append(f"{name}: {bad} of {value.numel()} values are NaN or infinite")
+    if path is not None:
+        lines.append(f"the parameters before iteration {t} are saved in {path}")
+    return "; ".join(lines)
+
+
+def _save_checkpoint(path: Path, model: nn.Module, opt, trace: Tensor, t: int) -> None:
+    tensors = {f"model/{k}": v for k, v in model.state_dict().items()}
+    state = opt.state_dict()
+    for index, entries in state["state"].items():
+        for key, value in entries.items():
+            tensors[f"optim/{index}/{key}"] = torch.as_tensor(value)
+    tensors["rng/cpu"] = torch.get_rng_state()
+    if torch.cuda.is_available():
+        for i, rng in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng/cuda/{i}"] = rng
+    tensors["trace"] = trace
+    metadata = {"iteration": str(t), "param_groups": json.dumps(state["param_groups"])}
+    write_tensors(path, tensors, metadata)
+
+
+def _load_checkpoint(path: Path, model: nn.Module, opt, trace: Tensor) -> int:
+    with safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata()
+    tensors = load_file(str(path))
+    model.load_state_dict(
+        {k.removeprefix("model/"): v for k, v in tensors.items() if k.startswith("model/")}
+    )
+    state: dict[int, dict[str, Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim/"):
+            _, index, name = key.split("/", 2)
+            state.setdefault(int(index), {})[name] = value
+    opt.load_state_dict({"state": state, "param_groups": json.loads(metadata["param_groups"])})
+    torch.set_rng_state(tensors["rng/cpu"])
+    cuda = [tensors[k] for k in sorted(tensors) if k.startswith("rng/cuda/")]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+    saved = tensors["trace"]
+    n = min(len(saved), len(trace))
+    trace[:n] = saved[:n]
+    return int(metadata["iteration"])

@@ -1,0 +1,16 @@
+"""Flow layers as pure math: ``torch.distributions.Transform`` subclasses with ``call_and_ladj``."""
+
+from flowvi.transforms.base import ComposeTransform, Transform
+from flowvi.transforms.elementwise import AffineTransform
+from flowvi.transforms.linear import TriangularAffineTransform
+from flowvi.transforms.planar import PlanarTransform
+from flowvi.transforms.radial import RadialTransform
+
+__all__ = [
+    "AffineTransform",
+    "ComposeTransform",
+    "PlanarTransform",
+    "RadialTransform",
+    "Transform",
+    "TriangularAffineTransform",
+]

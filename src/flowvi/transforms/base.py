@@ -1,0 +1,121 @@
+"""flowvi's bijection base class, its inverse and composition.
+
+Every flow layer is a :class:`Transform`: a ``torch.distributions.Transform`` over vectors
+(``event_dim = 1``) built from plain tensors (no ``nn.Parameter``), so that it works wherever torch
+expects a transform (``TransformedDistribution``, ``ComposeTransform``) and adds one method,
+:meth:`Transform.call_and_ladj`, that returns the image and its log-determinant in one pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+from torch.distributions import constraints
+
+
+class Transform(torch.distributions.Transform):
+    r"""A bijection :math:`y = f(x)` on :math:`\mathbb{R}^d` with a tractable log-determinant.
+
+    Subclasses implement :meth:`call_and_ladj` and :meth:`_inverse`, and may override
+    :meth:`_inverse_and_ladj` when the inverse yields the log-determinant for free.
+
+    Shapes: ``x, y: (*batch, d)``; ``ladj: (*batch,)``. Parameters may carry leading batch
+    dimensions (amortized flows, one transform per datapoint) that broadcast against ``*batch``.
+    No cache: ``t.inv(y)`` always solves for ``x``, so it is valid at any point, not only at
+    samples the transform produced.
+    """
+
+    domain = constraints.real_vector
+    codomain = constraints.real_vector
+    bijective = True
+
+    def __init__(self) -> None:
+        super().__init__(cache_size=0)
+
+    def call_and_ladj(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Return ``(y, ladj)``: ``y = f(x)``, ``ladj = ln|det ∂y/∂x|`` (nats), ``(*batch,)``."""
+        raise NotImplementedError
+
+    def _inverse_and_ladj(self, y: Tensor) -> tuple[Tensor, Tensor]:
+        """Return ``(x, ln|det ∂x/∂y|)`` with ``x = f⁻¹(y)``."""
+        x = self._inverse(y)
+        return x, -self.call_and_ladj(x)[1]
+
+    def _call(self, x: Tensor) -> Tensor:
+        return self.call_and_ladj(x)[0]
+
+    def log_abs_det_jacobian(self, x: Tensor, y: Tensor) -> Tensor:
+        """``ln|det ∂y/∂x|`` at ``x`` (``y`` is unused: it is recomputed), shape ``(*batch,)``."""
+        return self.call_and_ladj(x)[1]
+
+    @property
+    def inv(self) -> Transform:
+        """The inverse bijection, itself a flowvi :class:`Transform` with ``call_and_ladj``."""
+        if self._inv is None:
+            self._inv = _Inverse(self)
+        return self._inv
+
+    def __eq__(self, other: object) -> bool:
+        return self is other
+
+    def __hash__(self) -> int:
+        return id(self)
+
+
+class _Inverse(Transform):
+    """The inverse of a :class:`Transform`; ``inv`` of it gives the original back."""
+
+    def __init__(self, transform: Transform) -> None:
+        super().__init__()
+        self._forward = transform
+
+    @property
+    def inv(self) -> Transform:
+        return self._forward
+
+    def call_and_ladj(self, y: Tensor) -> tuple[Tensor, Tensor]:
+        return self._forward._inverse_and_ladj(y)
+
+    def _inverse(self, x: Tensor) -> Tensor:
+        return self._forward(x)
+
+    def _inverse_and_ladj(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        y, ladj = self._forward.call_and_ladj(x)
+        return y, -ladj
+
+    def __repr__(self) -> str:
+        return f"Inverse({self._forward!r})"
+
+
+class ComposeTransform(Transform):
+    """The composition ``f_K ∘ … ∘ f_1`` of ``parts = [f_1, …, f_K]``, applied left to right.
+
+    ``ladj`` is the sum of the parts' log-determinants (chain rule); the inverse runs the parts'
+    inverses right to left.
+    """
+
+    def __init__(self, parts: Sequence[Transform]) -> None:
+        super().__init__()
+        self.parts = list(parts)
+
+    def call_and_ladj(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        ladj = x.new_zeros(x.shape[:-1])
+        for part in self.parts:
+            x, step = part.call_and_ladj(x)
+            ladj = ladj + step
+        return x, ladj
+
+    def _inverse(self, y: Tensor) -> Tensor:
+        return self._inverse_and_ladj(y)[0]
+
+    def _inverse_and_ladj(self, y: Tensor) -> tuple[Tensor, Tensor]:
+        ladj = y.new_zeros(y.shape[:-1])
+        for part in reversed(self.parts):
+            y, step = part.inv.call_and_ladj(y)
+            ladj = ladj + step
+        return y, ladj
+
+    def __repr__(self) -> str:
+        return f"ComposeTransform({self.parts!r})"
