@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution, TransformedDistribution, constraints
 
+from flowvi.flows.layer import Layer
 from flowvi.transforms.base import ComposeTransform, Transform
 
 _SHAPE = torch.Size()
@@ -62,6 +64,31 @@ class FlowDistribution(TransformedDistribution):
         return self.base_dist.log_prob(z) + ladj
 
 
+def transforms(layers: Sequence[nn.Module], context: Tensor | None = None) -> list[Transform]:
+    """The transforms of ``layers``, equal to ``[layer(context) for layer in layers]``.
+
+    Runs of consecutive unconditional :class:`Layer` s of one class are built as one stacked
+    transform and unbound (see :meth:`Transform.unbind`): the per-layer parameter work (the
+    invertibility constraints) becomes a few vectorized operations instead of a few per layer,
+    which roughly halves the autograd graph of a long planar flow.
+    """
+    out: list[Transform] = []
+    for _, run in itertools.groupby(layers, key=_stack_key):
+        run = list(run)
+        if len(run) == 1 or _stack_key(run[0]) is None:
+            out.extend(layer(context) for layer in run)
+            continue
+        raw = {name: torch.stack([layer.params[name] for layer in run]) for name in run[0].shapes}
+        out.extend(run[0].transform(**raw).unbind())
+    return out
+
+
+def _stack_key(layer: nn.Module) -> object:
+    if not isinstance(layer, Layer) or layer.context_dim is not None:
+        return None
+    return type(layer), tuple(layer.shapes.items())
+
+
 class NormalizingFlow(nn.Module, Distribution):
     r"""A normalizing flow: a base distribution module and a list of layer modules.
 
@@ -96,7 +123,7 @@ class NormalizingFlow(nn.Module, Distribution):
         Distribution.__init__(self, q0.batch_shape, q0.event_shape, validate_args=False)
 
     def forward(self, context: Tensor | None = None) -> FlowDistribution:
-        return FlowDistribution(self.base(context), [layer(context) for layer in self.layers])
+        return FlowDistribution(self.base(context), transforms(self.layers, context))
 
     def rsample(
         self, sample_shape: torch.Size | Sequence[int] = _SHAPE, context: Tensor | None = None

@@ -8,6 +8,7 @@ expects a transform (``TransformedDistribution``, ``ComposeTransform``) and adds
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 
 import torch
@@ -49,6 +50,25 @@ class Transform(torch.distributions.Transform):
     def log_abs_det_jacobian(self, x: Tensor, y: Tensor) -> Tensor:
         """``ln|det ∂y/∂x|`` at ``x`` (``y`` is unused: it is recomputed), shape ``(*batch,)``."""
         return self.call_and_ladj(x)[1]
+
+    def unbind(self) -> list[Transform]:
+        """Split a transform whose parameters carry a leading stack axis into one per slice.
+
+        Every tensor attribute of a flowvi transform is derived from its parameters and so has
+        the parameter batch shape ``*p`` in front; ``unbind`` slices all of them along the first
+        axis of ``*p``. Building K layers' transforms as one stacked transform and unbinding it
+        computes every constraint (``û``, ``β̂``, ...) in one vectorized pass instead of K.
+        """
+        tensors = {k: v.unbind(0) for k, v in vars(self).items() if isinstance(v, Tensor)}
+        n = len(next(iter(tensors.values())))
+        parts = []
+        for i in range(n):
+            part = copy.copy(self)
+            part._inv = None
+            for name, slices in tensors.items():
+                setattr(part, name, slices[i])
+            parts.append(part)
+        return parts
 
     @property
     def inv(self) -> Transform:
@@ -101,21 +121,28 @@ class ComposeTransform(Transform):
         self.parts = list(parts)
 
     def call_and_ladj(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        ladj = x.new_zeros(x.shape[:-1])
+        ladjs = []
         for part in self.parts:
-            x, step = part.call_and_ladj(x)
-            ladj = ladj + step
-        return x, ladj
+            x, ladj = part.call_and_ladj(x)
+            ladjs.append(torch.broadcast_to(ladj, x.shape[:-1]))
+        return x, _total(ladjs, x)
 
     def _inverse(self, y: Tensor) -> Tensor:
         return self._inverse_and_ladj(y)[0]
 
     def _inverse_and_ladj(self, y: Tensor) -> tuple[Tensor, Tensor]:
-        ladj = y.new_zeros(y.shape[:-1])
+        ladjs = []
         for part in reversed(self.parts):
-            y, step = part.inv.call_and_ladj(y)
-            ladj = ladj + step
-        return y, ladj
+            y, ladj = part.inv.call_and_ladj(y)
+            ladjs.append(torch.broadcast_to(ladj, y.shape[:-1]))
+        return y, _total(ladjs, y)
 
     def __repr__(self) -> str:
         return f"ComposeTransform({self.parts!r})"
+
+
+def _total(ladjs: list[Tensor], x: Tensor) -> Tensor:
+    """The sum of per-part log-determinants, in one reduction (one autograd node, not K)."""
+    if not ladjs:
+        return x.new_zeros(x.shape[:-1])
+    return torch.stack(ladjs).sum(0)

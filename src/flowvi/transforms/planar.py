@@ -42,13 +42,14 @@ class PlanarTransform(Transform):
         super().__init__()
         wu = torch.linalg.vecdot(w, u)
         self.s = F.softplus(wu)  # c = w·û = s - 1 > -1
+        self.one_minus_s = 1 - self.s
         w_sq = torch.linalg.vecdot(w, w).clamp_min(torch.finfo(w.dtype).tiny)
         self.u_hat = torch.addcmul(u, ((self.s - 1 - wu) / w_sq).unsqueeze(-1), w)
         self.w, self.b = w, b
 
     def _slope(self, t: Tensor) -> Tensor:
         """``1 + c (1 - t²) = s + (1 - s) t²``: the Jacobian determinant, free of cancellation."""
-        return torch.lerp(self.s, torch.ones_like(self.s), t * t)
+        return torch.addcmul(self.s, self.one_minus_s, t * t)
 
     def call_and_ladj(self, z: Tensor) -> tuple[Tensor, Tensor]:
         t = torch.tanh(torch.linalg.vecdot(z, self.w) + self.b)

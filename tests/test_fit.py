@@ -1,0 +1,139 @@
+"""Reverse-KL fitting, its objective, the training loop's NaN guard and resume."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch.distributions import MultivariateNormal, kl_divergence
+
+import flowvi
+from flowvi.fit import fit
+from flowvi.metrics import evaluate, log_normalizer
+from flowvi.objectives import beta_schedule, free_energy
+from flowvi.targets import FunctionTarget, Gaussian
+from flowvi.train import CHECKPOINT, NonFiniteLossError
+
+
+def test_beta_schedule_is_eq_20():
+    assert beta_schedule(0) == pytest.approx(0.01)
+    assert beta_schedule(4950) == pytest.approx(0.505)
+    assert beta_schedule(9900) == 1.0
+    assert beta_schedule(50_000) == 1.0
+    assert beta_schedule(7, anneal_iters=0) == 1.0
+    with pytest.raises(ValueError, match="beta0"):
+        beta_schedule(0, beta0=0.0)
+    with pytest.raises(ValueError, match="anneal_iters"):
+        beta_schedule(0, anneal_iters=-1)
+
+
+def test_free_energy_is_mean_of_log_ratio():
+    log_q = torch.tensor([-1.0, -2.0, -3.0])
+    log_p = torch.tensor([-0.5, -0.5, -2.0])
+    assert free_energy(log_q, log_p).item() == pytest.approx((-0.5 - 1.5 - 1.0) / 3)
+    assert free_energy(log_q, log_p, beta=0.5).item() == pytest.approx((-0.75 - 1.75 - 2.0) / 3)
+
+
+def _gaussian_fit(target, flow_name, iters=1500):
+    torch.manual_seed(0)
+    flow = flowvi.flows.build(flow_name, target.dim).double()
+    fit(flow, target, iters=iters, lr=1e-2, anneal_iters=0, batch_size=4096, progress=False)
+    layer = flow()
+    transform = layer.transforms[0]
+    return flow, transform
+
+
+def test_triangular_affine_flow_recovers_a_correlated_gaussian():
+    target = Gaussian.default(3).double()
+    flow, t = _gaussian_fit(target, "triangular")
+    cov = t.scale_tril @ t.scale_tril.T
+    torch.testing.assert_close(t.loc, target.mean, atol=0.05, rtol=0)
+    torch.testing.assert_close(cov, target.cov, atol=0.08, rtol=0)
+    metrics = evaluate(flow, target, samples=20_000)
+    assert abs(metrics["kl"]) < 0.02
+
+
+def test_elementwise_affine_flow_recovers_a_diagonal_gaussian():
+    target = Gaussian(torch.tensor([1.5, -0.5]), torch.diag(torch.tensor([0.25, 4.0]))).double()
+    _, t = _gaussian_fit(target, "affine")
+    torch.testing.assert_close(t.loc, target.mean, atol=0.05, rtol=0)
+    torch.testing.assert_close(
+        torch.exp(2 * t.log_scale), torch.diag(target.cov), rtol=0.06, atol=0
+    )
+
+
+def test_kl_metric_matches_the_closed_form():
+    target = Gaussian(torch.tensor([1.0, -1.0]), torch.tensor([[1.0, 0.5], [0.5, 2.0]]))
+    flow = flowvi.flows.build("affine", 2).double()  # identity: q = N(0, I)
+    torch.manual_seed(1)
+    metrics = evaluate(flow, target.double(), samples=200_000)
+    exact = kl_divergence(
+        MultivariateNormal(torch.zeros(2, dtype=torch.float64), torch.eye(2, dtype=torch.float64)),
+        MultivariateNormal(target.mean, target.cov),
+    ).item()
+    assert abs(metrics["kl"] - exact) < 4 * metrics["kl_se"] + 1e-3
+    exact_forward = kl_divergence(
+        MultivariateNormal(target.mean, target.cov),
+        MultivariateNormal(torch.zeros(2, dtype=torch.float64), torch.eye(2, dtype=torch.float64)),
+    ).item()
+    assert metrics["forward_kl"] == pytest.approx(exact_forward, abs=1e-3)
+    assert 0 < metrics["ess_fraction"] < 1
+
+
+def test_quadrature_log_normalizer_of_a_scaled_density():
+    target = Gaussian.default(2).double()
+    scaled = FunctionTarget(lambda z: target.log_prob(z) + 3.0, 2, box=target.box)
+    assert log_normalizer(scaled) == pytest.approx(3.0, abs=1e-6)
+
+
+def test_fit_stops_on_nan_target_naming_the_iteration_and_keeps_last_good(tmp_path):
+    calls = {"n": 0}
+
+    def flaky(z):
+        calls["n"] += 1
+        out = -0.5 * (z**2).sum(-1)
+        return out if calls["n"] <= 5 else out + torch.where(z[:, 0] > 0, math.nan, 0.0)
+
+    target = FunctionTarget(flaky, 2)
+    calls["n"] = 0
+    torch.manual_seed(0)
+    flow = flowvi.flows.build("planar", 2, length=2)
+    with pytest.raises(NonFiniteLossError, match="iteration 5") as info:
+        fit(flow, target, iters=50, directory=tmp_path, progress=False)
+    assert "target log density" in str(info.value)
+    assert "flow log density" not in str(info.value)
+    saved = load_file(tmp_path / CHECKPOINT)
+    for name, value in flow.state_dict().items():
+        assert torch.isfinite(value).all()
+        torch.testing.assert_close(saved[f"model/{name}"], value, rtol=0, atol=0)
+
+
+def test_fit_refuses_a_target_of_the_wrong_dimension():
+    flow = flowvi.flows.build("planar", 3, length=2)
+    with pytest.raises(ValueError, match="2-dimensional"):
+        fit(flow, flowvi.targets.get("U1"), iters=5, progress=False)
+
+
+def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(tmp_path):
+    def run(directory, iters, resume=False):
+        torch.manual_seed(3)
+        flow = flowvi.flows.build("planar", 2, length=3)
+        trace = fit(
+            flow,
+            flowvi.targets.get("U1"),
+            iters=iters,
+            directory=directory,
+            resume=resume,
+            checkpoint_every=10,
+            progress=False,
+        )
+        return flow, trace
+
+    full, full_trace = run(tmp_path / "a", 40)
+    run(tmp_path / "b", 20)  # "killed" after iteration 20
+    resumed, resumed_trace = run(tmp_path / "b", 40, resume=True)
+    for (name, a), b in zip(full.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    assert torch.equal(full_trace, resumed_trace)
