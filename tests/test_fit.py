@@ -117,7 +117,7 @@ def test_fit_refuses_a_target_of_the_wrong_dimension():
 
 
 def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(tmp_path):
-    def run(directory, iters, resume=False):
+    def run(directory, iters, *, resume=False):
         torch.manual_seed(3)
         flow = flowvi.flows.build("planar", 2, length=3)
         trace = fit(

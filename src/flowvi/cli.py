@@ -13,7 +13,7 @@ from pathlib import Path
 from flowvi import __version__
 from flowvi.flows import LAYERS
 from flowvi.plot import fit_figure
-from flowvi.run import FitConfig, load_fit, resume_config, run_fit, run_name
+from flowvi.run import FitConfig, caption, load_fit, resume_config, run_fit, run_name
 from flowvi.targets import ENERGIES, NAMES
 from flowvi.train import NonFiniteLossError
 
@@ -116,10 +116,14 @@ def _fit(args: argparse.Namespace) -> int:
         summary[config.target] = metrics
         print(f"{config.target}: {_line(metrics)} -> {directory}")
     if not single:
-        fits = [load_fit(d)[:2] for _, d in jobs]
-        fits = [(target, flow) for flow, target in fits if target.dim == 2]
+        fits = [load_fit(d) for _, d in jobs]
+        fits = [fit for fit in fits if fit[1].dim == 2 and fit[1].box is not None]
         if fits:
-            fit_figure([(t, f) for t, f in fits], root / "fit.png")
+            fit_figure(
+                [(target, flow) for flow, target, _ in fits],
+                root / "fit.png",
+                titles=[caption(target.name, metrics) for _, target, metrics in fits],
+            )
         (root / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
         print(f"figure: {root / 'fit.png'}")
     return 0

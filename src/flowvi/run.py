@@ -41,7 +41,7 @@ class FitConfig:
     confine: bool | None = None
     iters: int = 10_000
     batch_size: int = 256
-    lr: float = 1e-3
+    lr: float = 3e-3
     optimizer: str = "adam"
     beta0: float = 0.01
     anneal_iters: int = 5_000
@@ -160,7 +160,7 @@ def run_fit(
     metrics["verdict"] = verdict(metrics)
     write_json(directory / "metrics.json", metrics)
     if target.dim == 2 and target.box is not None:
-        fit_figure([(target, flow)], directory / "fit.png")
+        fit_figure([(target, flow)], directory / "fit.png", titles=[caption(target.name, metrics)])
     return metrics
 
 
@@ -183,6 +183,12 @@ def verdict(metrics: dict[str, Any]) -> str:
     if ess < 0.1:
         return f"poor: importance-sampling ESS is {100 * ess:.1f}% of the samples"
     return f"good: ESS {100 * ess:.1f}%" + ("" if kl is None else f", KL(q||p) = {kl:.3g} nats")
+
+
+def caption(name: str, metrics: dict[str, Any]) -> str:
+    """A figure row's title: the target and its KL(q||p) when known."""
+    kl = metrics.get("kl")
+    return name if kl is None else f"{name}, KL {kl:.3f}"
 
 
 def _write_trace(path: Path, trace: torch.Tensor, config: FitConfig) -> None:

@@ -89,6 +89,22 @@ def _stack_key(layer: nn.Module) -> object:
     return type(layer), tuple(layer.shapes.items())
 
 
+class _Fixed(nn.Module):
+    """A fixed torch distribution as a base module."""
+
+    def __init__(self, distribution: Distribution) -> None:
+        super().__init__()
+        if not isinstance(distribution, Distribution) or len(distribution.event_shape) != 1:
+            raise ValueError(
+                "base must be an nn.Module returning a distribution, or a torch distribution "
+                f"with event shape (d,); got {distribution!r}"
+            )
+        self.distribution = distribution
+
+    def forward(self, context: Tensor | None = None) -> Distribution:
+        return self.distribution
+
+
 class NormalizingFlow(nn.Module, Distribution):
     r"""A normalizing flow: a base distribution module and a list of layer modules.
 
@@ -100,7 +116,8 @@ class NormalizingFlow(nn.Module, Distribution):
 
     Args:
         base: a module whose call returns the base distribution, e.g.
-            :class:`flowvi.distributions.StandardNormal`, event shape ``(d,)``.
+            :class:`flowvi.distributions.StandardNormal`, event shape ``(d,)``; or a fixed
+            torch distribution with event shape ``(d,)`` (which then does not follow ``.to()``).
         layers: modules whose call returns a :class:`flowvi.transforms.Transform`, applied in
             order (``layers[0]`` acts on the base sample).
 
@@ -115,11 +132,11 @@ class NormalizingFlow(nn.Module, Distribution):
     support = constraints.real_vector
     has_rsample = True
 
-    def __init__(self, base: nn.Module, layers: Sequence[nn.Module]) -> None:
+    def __init__(self, base: nn.Module | Distribution, layers: Sequence[nn.Module]) -> None:
         nn.Module.__init__(self)
-        self.base = base
+        self.base = base if isinstance(base, nn.Module) else _Fixed(base)
         self.layers = nn.ModuleList(layers)
-        q0 = base()
+        q0 = self.base()
         Distribution.__init__(self, q0.batch_shape, q0.event_shape, validate_args=False)
 
     def forward(self, context: Tensor | None = None) -> FlowDistribution:
