@@ -72,4 +72,5 @@ def fit(
         checkpoint_every=checkpoint_every,
         progress=progress,
         desc=f"fit {target.name}",
+        label="F",
     )

@@ -63,7 +63,13 @@ def effective_sample_size(log_w: Tensor) -> Tensor:
 
 @torch.no_grad()
 def evaluate(
-    flow, target: Target, *, samples: int = 100_000, grid_size: int = 1000, chunk: int = 50_000
+    flow,
+    target: Target,
+    *,
+    samples: int = 100_000,
+    grid_size: int = 1000,
+    forward_grid_size: int = 400,
+    chunk: int = 50_000,
 ) -> dict[str, float | None]:
     r"""Metrics of the flow ``q`` against the target ``p`` (nats, plain floats for JSON).
 
@@ -76,8 +82,10 @@ def evaluate(
       ratio to ``samples``.
     - ``mass_outside_box``: :math:`q`'s probability outside ``target.box``.
     - ``forward_kl``: :math:`\mathrm{KL}(p \| q)` by quadrature (2-D targets), through the exact
-      ``log_prob`` of the flow on the grid: large when q misses a mode of p, which the reverse
-      KL hardly sees.
+      ``log_prob`` of the flow on a ``forward_grid_size²`` grid: large when q misses a mode of
+      p, which the reverse KL hardly sees.
+
+    ``grid_size`` sets the ``ln Z`` quadrature grid (``grid_size²`` points of the target only).
     """
     parameter = next(flow.parameters(), None)
     dtype = torch.get_default_dtype() if parameter is None else parameter.dtype
@@ -115,7 +123,7 @@ def evaluate(
     if log_z is not None:
         out.update(log_Z=log_z, kl=mean + log_z, kl_se=se)
     if quadrature:
-        out["forward_kl"] = _forward_kl(flow, target, log_z, grid_size, dtype, chunk)
+        out["forward_kl"] = _forward_kl(flow, target, log_z, forward_grid_size, dtype, chunk)
     return out
 
 

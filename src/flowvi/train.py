@@ -55,11 +55,13 @@ def train(
     checkpoint_every: int = 1000,
     progress: bool = True,
     desc: str = "train",
+    label: str = "loss",
 ) -> Tensor:
     """Minimize ``loss_fn(t)`` over ``model``'s parameters for iterations ``t = 0 … iters - 1``.
 
     ``loss_fn(t)`` returns the scalar loss and named per-sample tensors that it was computed
     from (e.g. ``{"target log density": log_p}``); the names are used to explain a failure.
+    The progress bar (tqdm) shows the loss as ``label``, refreshed every 25 iterations.
 
     Every ``checkpoint_every`` iterations, and at the end, the model, optimizer and random
     number generator states and the loss trace go to ``directory/checkpoint.safetensors``,
@@ -106,7 +108,7 @@ def train(
         if (t + 1) % checkpoint_every == 0 and t + 1 < iters:
             checkpoint(t + 1)
         if t % 25 == 0 or t + 1 == iters:
-            bar.set_postfix(loss=f"{trace[t]:.4f}")
+            bar.set_postfix({label: f"{trace[t]:.4f}"})
     checkpoint(iters)
     return trace
 

@@ -64,7 +64,7 @@ class FlowDistribution(TransformedDistribution):
         return self.base_dist.log_prob(z) + ladj
 
 
-def transforms(layers: Sequence[nn.Module], context: Tensor | None = None) -> list[Transform]:
+def build_transforms(layers: Sequence[nn.Module], context: Tensor | None = None) -> list[Transform]:
     """The transforms of ``layers``, equal to ``[layer(context) for layer in layers]``.
 
     Runs of consecutive unconditional :class:`Layer` s of one class are built as one stacked
@@ -84,9 +84,13 @@ def transforms(layers: Sequence[nn.Module], context: Tensor | None = None) -> li
 
 
 def _stack_key(layer: nn.Module) -> object:
-    if not isinstance(layer, Layer) or layer.context_dim is not None:
-        return None
-    return type(layer), tuple(layer.shapes.items())
+    """Layers with equal keys can be stacked; ``None`` for those that cannot."""
+    stackable = (
+        isinstance(layer, Layer)
+        and layer.context_dim is None
+        and type(layer).forward is Layer.forward
+    )
+    return (type(layer), tuple(layer.shapes.items())) if stackable else None
 
 
 class _Fixed(nn.Module):
@@ -140,7 +144,12 @@ class NormalizingFlow(nn.Module, Distribution):
         Distribution.__init__(self, q0.batch_shape, q0.event_shape, validate_args=False)
 
     def forward(self, context: Tensor | None = None) -> FlowDistribution:
-        return FlowDistribution(self.base(context), transforms(self.layers, context))
+        """The flow's distribution; with ``context: (*batch, c)`` its batch shape is ``*batch``
+        (the base is expanded to it), one conditional distribution per context row."""
+        q0 = self.base(context)
+        if context is not None:
+            q0 = q0.expand(torch.broadcast_shapes(q0.batch_shape, context.shape[:-1]))
+        return FlowDistribution(q0, build_transforms(self.layers, context))
 
     def rsample(
         self, sample_shape: torch.Size | Sequence[int] = _SHAPE, context: Tensor | None = None
