@@ -57,7 +57,7 @@ class Layer(nn.Module):
         pieces = torch.split(out, sizes, dim=-1)
         batch = out.shape[:-1]
         return {
-            name: piece.reshape(*batch, *shape)
+            name: piece.reshape((*batch, *shape))
             for (name, shape), piece in zip(self.shapes.items(), pieces, strict=True)
         }
 

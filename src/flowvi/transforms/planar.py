@@ -41,7 +41,9 @@ class PlanarTransform(Transform):
     def __init__(self, u: Tensor, w: Tensor, b: Tensor) -> None:
         super().__init__()
         wu = torch.linalg.vecdot(w, u)
-        self.s = F.softplus(wu)  # c = w·û = s - 1 > -1
+        # c = w·û = s - 1 > -1; the floor keeps s > 0 where softplus underflows (w·u < -745
+        # in float64, -104 in float32), so the determinant s + (1 - s) t² never reaches 0.
+        self.s = F.softplus(wu).clamp_min(torch.finfo(wu.dtype).tiny)
         self.one_minus_s = 1 - self.s
         w_sq = torch.linalg.vecdot(w, w).clamp_min(torch.finfo(w.dtype).tiny)
         self.u_hat = torch.addcmul(u, ((self.s - 1 - wu) / w_sq).unsqueeze(-1), w)
