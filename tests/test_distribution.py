@@ -1,0 +1,111 @@
+"""NormalizingFlow as a torch distribution: normalization, one-pass densities, interop, errors."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch.distributions import (
+    Distribution,
+    Independent,
+    MultivariateNormal,
+    TransformedDistribution,
+)
+
+import flowvi
+from flowvi.distributions import DiagonalGaussian, StandardNormal
+from flowvi.flows import Affine, Planar, Radial
+from flowvi.metrics import cell_area, grid
+
+
+def _flow(seed=0):
+    torch.manual_seed(seed)
+    layers = [Planar(2), Radial(2), Planar(2), Affine(2), Radial(2), Planar(2)]
+    flow = flowvi.NormalizingFlow(StandardNormal(2), layers).double()
+    with torch.no_grad():
+        for layer in flow.layers:
+            for p in layer.parameters():
+                p.normal_(0.0, 0.5)
+    return flow
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_density_integrates_to_one(seed):
+    flow = _flow(seed)
+    with torch.no_grad():
+        x = flow.sample((20_000,))
+        lo, hi = x.min(0).values - 3, x.max(0).values + 3
+        box = [(float(lo[0]), float(hi[0])), (float(lo[1]), float(hi[1]))]
+        points, _, _ = grid(box, 800)
+        mass = torch.exp(flow.log_prob(points)).sum() * cell_area(box, 800)
+    assert mass.item() == pytest.approx(1.0, abs=1e-3)
+
+
+def test_rsample_and_log_prob_agrees_with_log_prob():
+    flow = _flow()
+    x, log_q = flow.rsample_and_log_prob((500,))
+    torch.testing.assert_close(flow.log_prob(x), log_q, rtol=0, atol=1e-8)
+    assert x.requires_grad and log_q.requires_grad
+
+
+def test_log_prob_of_a_linear_flow_is_the_gaussian_density():
+    flow = flowvi.flows.build("triangular", 3).double()
+    with torch.no_grad():
+        flow.layers[0].params["loc"].copy_(torch.tensor([1.0, -2.0, 0.5]))
+        flow.layers[0].params["matrix"].copy_(
+            torch.tensor([[0.3, 0.0, 0.0], [0.7, -0.2, 0.0], [-1.0, 0.4, 0.1]])
+        )
+    t = flow().transforms[0]
+    gaussian = MultivariateNormal(t.loc, scale_tril=t.scale_tril)
+    x = gaussian.sample((50,))
+    torch.testing.assert_close(flow.log_prob(x), gaussian.log_prob(x), rtol=0, atol=1e-10)
+
+
+def test_behaves_as_a_torch_distribution():
+    flow = _flow()
+    assert isinstance(flow, Distribution) and isinstance(flow, torch.nn.Module)
+    assert isinstance(flow(), TransformedDistribution)
+    assert flow.event_shape == (2,) and flow.batch_shape == ()
+    assert flow.sample((5,)).shape == (5, 2)
+    assert flow.rsample((4, 3)).shape == (4, 3, 2)
+    assert flow.sample().shape == (2,)
+    assert not flow.sample((5,)).requires_grad
+    assert flow.log_prob(torch.zeros(4, 3, 2, dtype=torch.float64)).shape == (4, 3)
+    independent = Independent(flow(), 0)
+    assert independent.log_prob(torch.zeros(2, 2, dtype=torch.float64)).shape == (2,)
+
+
+def test_log_prob_refuses_nan_and_wrong_shape():
+    flow = _flow()
+    with pytest.raises(ValueError):
+        flow.log_prob(torch.tensor([[0.0, math.nan]], dtype=torch.float64))
+    with pytest.raises(ValueError):
+        flow.log_prob(torch.zeros(4, 3, dtype=torch.float64))
+
+
+def test_diagonal_gaussian_base_trains_and_follows_dtype():
+    flow = flowvi.NormalizingFlow(DiagonalGaussian(2), [Planar(2), Planar(2)])
+    x, log_q = flow.rsample_and_log_prob((64,))
+    (log_q.mean() + x.square().mean()).backward()
+    assert flow.base.loc.grad.abs().sum() > 0 and flow.base.log_scale.grad.abs().sum() > 0
+    flow = flow.double()
+    assert flow.sample((3,)).dtype == torch.float64
+
+
+def test_torch_distribution_as_base():
+    base = MultivariateNormal(torch.zeros(2), 2.0 * torch.eye(2))
+    flow = flowvi.NormalizingFlow(base, [Affine(2)])
+    x = torch.randn(10, 2)
+    torch.testing.assert_close(flow.log_prob(x), base.log_prob(x))
+    with pytest.raises(ValueError, match="event shape"):
+        flowvi.NormalizingFlow(torch.distributions.Normal(0.0, 1.0), [Affine(1)])
+
+
+def test_build_refuses_bad_names_and_lengths():
+    with pytest.raises(ValueError, match="planar"):
+        flowvi.flows.build("nope", 2)
+    with pytest.raises(ValueError, match="length"):
+        flowvi.flows.build("planar", 2, length=0)
+    with pytest.raises(ValueError, match="standard"):
+        flowvi.flows.build("planar", 2, base="uniform")
