@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -109,3 +110,22 @@ def test_build_refuses_bad_names_and_lengths():
         flowvi.flows.build("planar", 2, length=0)
     with pytest.raises(ValueError, match="standard"):
         flowvi.flows.build("planar", 2, base="uniform")
+
+
+def test_save_and_load_a_hand_built_flow(tmp_path):
+    flow = _flow()
+    flowvi.save(flow, tmp_path)
+    spec = json.loads((tmp_path / "config.json").read_text())["model"]
+    assert spec["base"] == "standard" and spec["d"] == 2
+    assert [e["layer"] for e in spec["layers"]][:2] == ["planar", "radial"]
+    loaded = flowvi.load(tmp_path)
+    assert next(loaded.parameters()).dtype == torch.float64
+    x = torch.randn(20, 2, dtype=torch.float64)
+    torch.testing.assert_close(loaded.log_prob(x), flow.log_prob(x), rtol=0, atol=0)
+
+
+def test_save_refuses_what_it_cannot_rebuild(tmp_path):
+    flow = flowvi.NormalizingFlow(MultivariateNormal(torch.zeros(2), torch.eye(2)), [Planar(2)])
+    with pytest.raises(ValueError, match="base"):
+        flowvi.save(flow, tmp_path)
+    assert not (tmp_path / "config.json").exists()

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from flowvi.flows import NormalizingFlow, build
+from flowvi.flows import NormalizingFlow, describe, rebuild
 
 CONFIG, WEIGHTS = "config.json", "model.safetensors"
 
@@ -53,22 +53,22 @@ def read_json(path: str | Path) -> dict[str, Any]:
     return json.loads(Path(path).read_text())
 
 
-def save(model: NormalizingFlow, directory: str | Path, model_config: Mapping[str, Any]) -> None:
-    """Save a flow built by :func:`flowvi.flows.build` as ``config.json`` + ``model.safetensors``.
+def save(flow: NormalizingFlow, directory: str | Path) -> None:
+    """Save a flow as ``config.json`` (its structure) + ``model.safetensors`` (its weights).
 
-    Args:
-        model: the flow.
-        directory: the run directory (created if missing).
-        model_config: the keyword arguments of :func:`flowvi.flows.build` that rebuild it
-            (``flow``, ``d``, ``length``, ``base``). Other entries of an existing
-            ``config.json`` are kept.
+    Any flow made of flowvi's bases and registered layers can be saved, built by hand or by
+    :func:`flowvi.flows.build`. Other entries of an existing ``config.json`` are kept.
+
+    Raises:
+        ValueError: if the flow has a base or layer that flowvi cannot rebuild by name.
     """
+    spec = describe(flow)
     directory = Path(directory)
     config_path = directory / CONFIG
     config = read_json(config_path) if config_path.exists() else {}
-    config["model"] = dict(model_config)
+    config["model"] = spec
     write_json(config_path, config)
-    write_tensors(directory / WEIGHTS, model.state_dict())
+    write_tensors(directory / WEIGHTS, flow.state_dict())
 
 
 def load(directory: str | Path, *, map_location: str | torch.device = "cpu") -> NormalizingFlow:
@@ -87,7 +87,10 @@ def load(directory: str | Path, *, map_location: str | torch.device = "cpu") -> 
         runs = sorted(p.parent.name for p in directory.glob(f"*/{CONFIG}"))
         hint = f"; it holds the runs {', '.join(runs)}: load one of them" if runs else ""
         raise FileNotFoundError(f"{directory} is not a flowvi run (no {CONFIG}){hint}")
-    spec = read_json(config_path)["model"]
-    model = build(spec["flow"], spec["d"], length=spec["length"], base=spec["base"])
-    model.load_state_dict(load_file(directory / WEIGHTS, device=str(map_location)))
-    return model.to(map_location).eval()
+    flow = rebuild(read_json(config_path)["model"])
+    weights = load_file(directory / WEIGHTS, device=str(map_location))
+    state = flow.state_dict()
+    if weights and next(iter(weights.values())).dtype != next(iter(state.values())).dtype:
+        flow = flow.to(next(iter(weights.values())).dtype)
+    flow.load_state_dict(weights)
+    return flow.to(map_location).eval()

@@ -119,19 +119,12 @@ def run_fit(
         raise ValueError(f"cannot resume {directory}: it has no {CHECKPOINT}")
     device, dtype = _device(config.device), DTYPES[config.dtype]
     torch.manual_seed(config.seed)
-    model_config = {
-        "flow": config.flow,
-        "d": target.dim,
-        "length": config.length,
-        "base": config.base,
-    }
     flow = build(config.flow, target.dim, length=config.length, base=config.base)
     flow = flow.to(device=device, dtype=dtype)
     target = target.to(device)
     record = asdict(config) | {
         "dim": target.dim,
         "confine": getattr(target, "confine", None),
-        "model": model_config,
         "versions": {
             "flowvi": flowvi.__version__,
             "torch": torch.__version__,
@@ -153,7 +146,7 @@ def run_fit(
         checkpoint_every=config.checkpoint_every,
         progress=progress,
     )
-    save(flow, directory, model_config)
+    save(flow, directory)
     _write_trace(directory / "trace.csv", trace, config)
     flow.eval()
     metrics = evaluate(flow, target, samples=config.samples)

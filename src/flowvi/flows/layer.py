@@ -27,9 +27,11 @@ class Layer(nn.Module):
 
     transform: type[Transform]
 
-    def __init__(self, params: dict[str, Tensor], *, context_dim: int | None = None) -> None:
+    def __init__(
+        self, params: dict[str, Tensor], *, d: int, context_dim: int | None = None
+    ) -> None:
         super().__init__()
-        self.context_dim = context_dim
+        self.d, self.context_dim = d, context_dim
         self.shapes = {name: tuple(value.shape) for name, value in params.items()}
         if context_dim is None:
             self.params = nn.ParameterDict({k: nn.Parameter(v) for k, v in params.items()})

@@ -38,6 +38,7 @@ class Planar(Layer):
                 "w": torch.randn(d) * scale,
                 "b": torch.zeros(()),
             },
+            d=d,
             context_dim=context_dim,
         )
 
@@ -62,6 +63,7 @@ class Radial(Layer):
                 "alpha": torch.zeros(()),
                 "beta": torch.zeros(()),
             },
+            d=d,
             context_dim=context_dim,
         )
 
@@ -74,7 +76,7 @@ class Affine(Layer):
     def __init__(self, d: int, *, context_dim: int | None = None) -> None:
         check_dim(d)
         super().__init__(
-            {"loc": torch.zeros(d), "log_scale": torch.zeros(d)}, context_dim=context_dim
+            {"loc": torch.zeros(d), "log_scale": torch.zeros(d)}, d=d, context_dim=context_dim
         )
 
 
@@ -86,5 +88,5 @@ class TriangularAffine(Layer):
     def __init__(self, d: int, *, context_dim: int | None = None) -> None:
         check_dim(d)
         super().__init__(
-            {"loc": torch.zeros(d), "matrix": torch.zeros(d, d)}, context_dim=context_dim
+            {"loc": torch.zeros(d), "matrix": torch.zeros(d, d)}, d=d, context_dim=context_dim
         )
