@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from torch.distributions import MultivariateNormal, kl_divergence
 
 import flowvi
-from flowvi.fit import fit
+from flowvi.fitting import fit
 from flowvi.metrics import evaluate, log_normalizer
 from flowvi.objectives import beta_schedule, free_energy
 from flowvi.targets import FunctionTarget, Gaussian

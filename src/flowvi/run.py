@@ -15,7 +15,7 @@ import torch
 import flowvi
 from flowvi import targets
 from flowvi._checks import check_choice, check_dim
-from flowvi.fit import fit
+from flowvi.fitting import fit
 from flowvi.flows import build
 from flowvi.io import CONFIG, atomic_write, load, read_json, save, write_json
 from flowvi.metrics import evaluate

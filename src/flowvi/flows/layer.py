@@ -63,5 +63,9 @@ class Layer(nn.Module):
             for (name, shape), piece in zip(self.shapes.items(), pieces, strict=True)
         }
 
+    def extra_repr(self) -> str:
+        amortized = "" if self.context_dim is None else f", context_dim={self.context_dim}"
+        return f"d={self.d}{amortized}"
+
     def forward(self, context: Tensor | None = None) -> Transform:
         return self.transform(**self.raw(context))

@@ -30,6 +30,7 @@ def get(name: str, *, dim: int | None = None, confine: bool | None = None) -> Ta
     """
     if ":" in name:
         return _import(name, dim)
+    name = {n.lower(): n for n in NAMES}.get(name.lower(), name)  # "u1" means "U1"
     check_choice(name, NAMES, "target")
     if name in ENERGIES:
         target: Target = Energy(name, confine=confine)
