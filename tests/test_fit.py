@@ -137,3 +137,14 @@ def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(tmp_path):
     for (name, a), b in zip(full.state_dict().items(), resumed.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
     assert torch.equal(full_trace, resumed_trace)
+
+
+def test_verdict_flags_a_dropped_mode_and_grades_the_fit():
+    from flowvi.run import verdict
+
+    assert verdict({"kl": 0.69, "forward_kl": 20.0, "ess_fraction": 0.97}).startswith(
+        "poor: q misses"
+    )
+    assert verdict({"kl": 0.01, "forward_kl": 0.01, "ess_fraction": 0.97}).startswith("good")
+    assert verdict({"kl": 0.2, "forward_kl": 0.3, "ess_fraction": 0.4}).startswith("fair")
+    assert verdict({"kl": 7.7, "forward_kl": 3.0, "ess_fraction": 0.3}).startswith("poor")

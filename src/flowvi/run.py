@@ -125,6 +125,7 @@ def run_fit(
     record = asdict(config) | {
         "dim": target.dim,
         "confine": getattr(target, "confine", None),
+        "resolved_device": str(device),
         "versions": {
             "flowvi": flowvi.__version__,
             "torch": torch.__version__,
@@ -166,16 +167,21 @@ def resume_config(directory: str | Path, **overrides: Any) -> FitConfig:
 
 
 def verdict(metrics: dict[str, Any]) -> str:
-    """One line on the fit's quality, from the KL, the forward KL and the ESS."""
+    """One line on the fit's quality from KL(q||p), KL(p||q) and the importance-sampling ESS.
+
+    good: KL < 0.05 nats and ESS >= 50%; fair: KL < 0.5 and ESS >= 10%; poor otherwise. A
+    forward KL far above the reverse one is flagged as a likely dropped mode.
+    """
     kl, fkl, ess = metrics.get("kl"), metrics.get("forward_kl"), metrics["ess_fraction"]
+    facts = [f"ESS {100 * ess:.1f}%"] + ([] if kl is None else [f"KL(q||p) {kl:.3g} nats"])
     if fkl is not None and kl is not None and fkl > max(1.0, 5 * kl):
         return (
-            f"q may miss part of the target: KL(p||q) = {fkl:.3g} nats is far above "
-            f"KL(q||p) = {kl:.3g} (a dropped mode?)"
+            f"poor: q misses part of the target (KL(p||q) = {fkl:.3g} nats, far above "
+            f"KL(q||p) = {kl:.3g}: a dropped mode?)"
         )
-    if ess < 0.1:
-        return f"poor: importance-sampling ESS is {100 * ess:.1f}% of the samples"
-    return f"good: ESS {100 * ess:.1f}%" + ("" if kl is None else f", KL(q||p) = {kl:.3g} nats")
+    kl = 0.0 if kl is None else kl
+    grade = "good" if kl < 0.05 and ess >= 0.5 else "fair" if kl < 0.5 and ess >= 0.1 else "poor"
+    return f"{grade}: " + ", ".join(facts)
 
 
 def caption(name: str, metrics: dict[str, Any]) -> str:
