@@ -6,12 +6,13 @@ import torch
 
 import flowvi
 from flowvi.distributions import StandardNormal
-from flowvi.flows import Affine, FlowDistribution, Planar, Radial
+from flowvi.flows import LU, Affine, FlowDistribution, Permutation, Planar, Radial
 
 
 def test_stacked_build_equals_per_layer_build():
     torch.manual_seed(0)
     layers = [Planar(3), Planar(3), Radial(3), Radial(3), Radial(3), Affine(3), Planar(3)]
+    layers += [LU(3), LU(3), Permutation(3), LU(3)]
     flow = flowvi.NormalizingFlow(StandardNormal(3), layers).double()
     with torch.no_grad():
         for p in flow.parameters():

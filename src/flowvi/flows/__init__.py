@@ -2,17 +2,30 @@
 
 from __future__ import annotations
 
+from torch import nn
+
 from flowvi._checks import check_choice, check_dim
 from flowvi.distributions import BASES
 from flowvi.flows.flow import FlowDistribution, NormalizingFlow
 from flowvi.flows.layer import Layer
-from flowvi.flows.layers import Affine, Planar, Radial, TriangularAffine
+from flowvi.flows.layers import (
+    LU,
+    Affine,
+    Permutation,
+    Planar,
+    Radial,
+    Reverse,
+    TriangularAffine,
+)
 
-LAYERS: dict[str, type[Layer]] = {
+LAYERS: dict[str, type[nn.Module]] = {
     "planar": Planar,
     "radial": Radial,
     "affine": Affine,
     "triangular": TriangularAffine,
+    "lu": LU,
+    "permutation": Permutation,
+    "reverse": Reverse,
 }
 
 
@@ -20,7 +33,8 @@ def build(flow: str, d: int, *, length: int = 1, base: str = "standard") -> Norm
     """Build a flow of ``length`` layers of one family, by name.
 
     Args:
-        flow: a name in :data:`LAYERS` (``planar``, ``radial``, ``affine``, ``triangular``).
+        flow: a name in :data:`LAYERS` (``planar``, ``radial``, ``affine``, ``triangular``,
+            ``lu``, ``permutation``, ``reverse``).
         d: dimension.
         length: number of layers ``K``.
         base: ``standard`` (N(0, I)) or ``diagonal`` (trainable diagonal Gaussian).
@@ -56,7 +70,7 @@ def describe(flow: NormalizingFlow) -> dict:
     for layer in flow.layers:
         if type(layer) not in names:
             raise ValueError(f"cannot describe a flow with a {type(layer).__name__} layer")
-        entry = {"layer": names[type(layer)], "context_dim": layer.context_dim}
+        entry = {"layer": names[type(layer)], "context_dim": getattr(layer, "context_dim", None)}
         if layers and {k: v for k, v in layers[-1].items() if k != "count"} == entry:
             layers[-1]["count"] += 1
         else:
@@ -77,12 +91,15 @@ def rebuild(spec: dict) -> NormalizingFlow:
 
 __all__ = [
     "LAYERS",
+    "LU",
     "Affine",
     "FlowDistribution",
     "Layer",
     "NormalizingFlow",
+    "Permutation",
     "Planar",
     "Radial",
+    "Reverse",
     "TriangularAffine",
     "build",
     "describe",

@@ -1,15 +1,18 @@
-"""Parameter modules for planar, radial and affine layers."""
+"""Parameter modules for the planar, radial, affine, linear and permutation layers."""
 
 from __future__ import annotations
 
 import math
 
 import torch
+from torch import Tensor, nn
 
 from flowvi._checks import check_dim
 from flowvi.flows.layer import Layer
 from flowvi.transforms import (
     AffineTransform,
+    LUTransform,
+    PermutationTransform,
     PlanarTransform,
     RadialTransform,
     TriangularAffineTransform,
@@ -90,3 +93,57 @@ class TriangularAffine(Layer):
         super().__init__(
             {"loc": torch.zeros(d), "matrix": torch.zeros(d, d)}, d=d, context_dim=context_dim
         )
+
+
+class LU(Layer):
+    r"""LU-decomposed invertible linear layer :math:`L U z + c` (see :class:`LUTransform`).
+
+    Starts at the identity. Pair it with :class:`Permutation` for Glow's :math:`P L U`.
+    """
+
+    transform = LUTransform
+
+    def __init__(self, d: int, *, context_dim: int | None = None) -> None:
+        check_dim(d)
+        super().__init__(
+            {
+                "lower": torch.zeros(d, d),
+                "upper": torch.zeros(d, d),
+                "log_diag": torch.zeros(d),
+                "bias": torch.zeros(d),
+            },
+            d=d,
+            context_dim=context_dim,
+        )
+
+
+class Permutation(nn.Module):
+    """A fixed permutation of the coordinates, drawn from torch's generator when built.
+
+    The permutation is a buffer: it is saved with the weights and restored by
+    :func:`flowvi.load`. ``context`` is accepted and ignored.
+    """
+
+    def __init__(self, d: int, *, context_dim: int | None = None) -> None:
+        super().__init__()
+        check_dim(d)
+        self.d, self.context_dim = d, None
+        self.register_buffer("permutation", self._draw(d))
+
+    @staticmethod
+    def _draw(d: int) -> Tensor:
+        return torch.randperm(d)
+
+    def forward(self, context: Tensor | None = None) -> PermutationTransform:
+        return PermutationTransform(self.permutation)
+
+    def extra_repr(self) -> str:
+        return f"d={self.d}"
+
+
+class Reverse(Permutation):
+    """The order-reversing permutation ``d-1, …, 0``."""
+
+    @staticmethod
+    def _draw(d: int) -> Tensor:
+        return torch.arange(d - 1, -1, -1)

@@ -2,13 +2,16 @@
 
 from flowvi.transforms.base import ComposeTransform, Transform
 from flowvi.transforms.elementwise import AffineTransform
-from flowvi.transforms.linear import TriangularAffineTransform
+from flowvi.transforms.linear import LUTransform, TriangularAffineTransform
+from flowvi.transforms.permutation import PermutationTransform
 from flowvi.transforms.planar import PlanarTransform
 from flowvi.transforms.radial import RadialTransform
 
 __all__ = [
     "AffineTransform",
     "ComposeTransform",
+    "LUTransform",
+    "PermutationTransform",
     "PlanarTransform",
     "RadialTransform",
     "Transform",

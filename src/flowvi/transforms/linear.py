@@ -1,4 +1,8 @@
-"""Full affine map through a lower-triangular matrix (the full-rank Gaussian as a flow layer)."""
+"""Linear flow layers: a lower-triangular affine map and an LU-decomposed invertible matrix.
+
+A linear flow of a Gaussian is Gaussian: these layers add no non-Gaussianity on their own; they
+mix coordinates between nonlinear layers, or make a full-rank Gaussian family.
+"""
 
 from __future__ import annotations
 
@@ -42,3 +46,45 @@ class TriangularAffineTransform(Transform):
 
     def __repr__(self) -> str:
         return f"TriangularAffineTransform(d={self.loc.shape[-1]})"
+
+
+class LUTransform(Transform):
+    r"""Invertible linear map :math:`y = L U x + c` (Kingma & Dhariwal 2018, Section 3.2).
+
+    :math:`L` is unit lower triangular (the strictly lower part of ``lower``) and :math:`U` is
+    upper triangular with diagonal :math:`e^{\ell}` (the strictly upper part of ``upper``), so
+    every raw parameter value gives an invertible matrix, with
+    :math:`\ln|\det J| = \sum_i \ell_i`. Compose with a :class:`PermutationTransform` for
+    Glow's :math:`P L U`. The inverse is two triangular solves.
+
+    Args:
+        lower: shape ``(*p, d, d)``; only the strictly lower triangle is used.
+        upper: shape ``(*p, d, d)``; only the strictly upper triangle is used.
+        log_diag: :math:`\ell`, shape ``(*p, d)``.
+        bias: :math:`c`, shape ``(*p, d)``.
+    """
+
+    def __init__(self, lower: Tensor, upper: Tensor, log_diag: Tensor, bias: Tensor) -> None:
+        super().__init__()
+        eye = torch.eye(lower.shape[-1], dtype=lower.dtype, device=lower.device)
+        self.lower = torch.tril(lower, -1) + eye
+        self.upper = torch.triu(upper, 1) + torch.diag_embed(torch.exp(log_diag))
+        self.log_diag, self.bias = log_diag, bias
+
+    def _ladj(self, x: Tensor) -> Tensor:
+        return torch.broadcast_to(self.log_diag.sum(-1), x.shape[:-1])
+
+    def call_and_ladj(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        y = (self.lower @ (self.upper @ x.unsqueeze(-1))).squeeze(-1) + self.bias
+        return y, self._ladj(x)
+
+    def _inverse(self, y: Tensor) -> Tensor:
+        rhs = (y - self.bias).unsqueeze(-1)
+        v = torch.linalg.solve_triangular(self.lower, rhs, upper=False, unitriangular=True)
+        return torch.linalg.solve_triangular(self.upper, v, upper=True).squeeze(-1)
+
+    def _inverse_and_ladj(self, y: Tensor) -> tuple[Tensor, Tensor]:
+        return self._inverse(y), -self._ladj(y)
+
+    def __repr__(self) -> str:
+        return f"LUTransform(d={self.bias.shape[-1]})"
