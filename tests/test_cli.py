@@ -162,3 +162,42 @@ def test_console_entry_point():
         [sys.executable, "-m", "flowvi", "fit", "--help"], capture_output=True, text=True
     )
     assert result.returncode == 0 and "--target" in result.stdout
+
+
+@pytest.mark.parametrize("flow", ["realnvp", "nice", "maf", "iaf"])
+def test_networked_flows_fit_save_load_and_resume(tmp_path, flow):
+    out = tmp_path / "run"
+    args = [
+        "fit",
+        "--target",
+        "banana",
+        "--flow",
+        flow,
+        "--length",
+        "2",
+        "--hidden",
+        "8,8",
+        "--samples",
+        "500",
+        "--quiet",
+        "--checkpoint-every",
+        "5",
+    ]
+    assert main([*args, "--iters", "10", "--out", str(out)]) == 0
+    assert main(["fit", "--resume", str(out), "--iters", "15", "--quiet"]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["iters"] == 15 and config["hidden"] == [8, 8]
+    loaded = flowvi.load(out)
+    x = loaded.sample((50,))
+    assert torch.isfinite(loaded.log_prob(x)).all()
+    assert len(loaded.layers) == 2 and loaded.layers[0].spec["hidden"] == [8, 8]
+
+
+def test_bad_hidden_sizes_are_refused(tmp_path, capsys):
+    assert (
+        main(
+            ["fit", "--flow", "realnvp", "--hidden", "8,0", "--quiet", "--out", str(tmp_path / "r")]
+        )
+        == 2
+    )
+    assert "hidden" in capsys.readouterr().err

@@ -53,6 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     option("--dim", type=int, help="dimension of a user target")
     option("--flow", help=f"layer family: {', '.join(LAYERS)}")
     option("--length", "-K", type=int, help="flow length K")
+    option("--hidden", type=_sizes, help="hidden sizes of coupling/MADE networks, e.g. 64,64")
     option("--base", help="base distribution: standard or diagonal")
     option("--iters", type=int, help="training iterations")
     option("--batch-size", type=int, help="samples per iteration")
@@ -85,6 +86,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     fit.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
+
+
+def _sizes(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected sizes like 64,64, got {text!r}") from None
 
 
 def _fit(args: argparse.Namespace) -> int:

@@ -89,8 +89,8 @@ def load(directory: str | Path, *, map_location: str | torch.device = "cpu") -> 
         raise FileNotFoundError(f"{directory} is not a flowvi run (no {CONFIG}){hint}")
     flow = rebuild(read_json(config_path)["model"])
     weights = load_file(directory / WEIGHTS, device=str(map_location))
-    state = flow.state_dict()
-    if weights and next(iter(weights.values())).dtype != next(iter(state.values())).dtype:
-        flow = flow.to(next(iter(weights.values())).dtype)
+    saved_dtype = next((v.dtype for v in weights.values() if v.is_floating_point()), None)
+    if saved_dtype is not None:  # a float64 run loads as float64
+        flow = flow.to(saved_dtype)
     flow.load_state_dict(weights)
     return flow.to(map_location).eval()

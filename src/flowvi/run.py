@@ -37,6 +37,7 @@ class FitConfig:
     flow: str = "planar"
     length: int = 32
     base: str = "standard"
+    hidden: tuple[int, ...] = (64, 64)
     dim: int | None = None
     confine: bool | None = None
     iters: int = 10_000
@@ -58,6 +59,8 @@ class FitConfig:
             ValueError: naming the setting and the accepted values.
         """
         check_dim(self.length, "flow length K (--length)")
+        for size in self.hidden:
+            check_dim(size, "hidden layer size (--hidden)")
         check_dim(self.iters, "--iters")
         check_dim(self.batch_size, "--batch-size")
         check_dim(self.checkpoint_every, "--checkpoint-every")
@@ -119,7 +122,9 @@ def run_fit(
         raise ValueError(f"cannot resume {directory}: it has no {CHECKPOINT}")
     device, dtype = _device(config.device), DTYPES[config.dtype]
     torch.manual_seed(config.seed)
-    flow = build(config.flow, target.dim, length=config.length, base=config.base)
+    flow = build(
+        config.flow, target.dim, length=config.length, base=config.base, hidden=config.hidden
+    )
     flow = flow.to(device=device, dtype=dtype)
     target = target.to(device)
     record = asdict(config) | {
@@ -162,7 +167,9 @@ def resume_config(directory: str | Path, **overrides: Any) -> FitConfig:
     """The :class:`FitConfig` saved in a run directory, with ``overrides`` (e.g. ``iters``)."""
     saved = read_json(Path(directory) / CONFIG)
     known = {f.name for f in fields(FitConfig)}
-    config = FitConfig(**{k: v for k, v in saved.items() if k in known})
+    values = {k: v for k, v in saved.items() if k in known}
+    values["hidden"] = tuple(values.get("hidden", FitConfig.hidden))
+    config = FitConfig(**values)
     return replace(config, **{k: v for k, v in overrides.items() if v is not None})
 
 
