@@ -164,7 +164,7 @@ def test_console_entry_point():
     assert result.returncode == 0 and "--target" in result.stdout
 
 
-@pytest.mark.parametrize("flow", ["realnvp", "nice", "maf", "iaf"])
+@pytest.mark.parametrize("flow", ["realnvp", "nice", "maf", "iaf", "nsf", "nsf-ar"])
 def test_networked_flows_fit_save_load_and_resume(tmp_path, flow):
     out = tmp_path / "run"
     args = [

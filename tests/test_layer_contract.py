@@ -30,8 +30,11 @@ def _layer(name, d, *, scale=1.0, seed=0, context_dim=None):
     torch.manual_seed(seed)
     layer = LAYERS[name](d, context_dim=context_dim).double()
     with torch.no_grad():
-        for p in layer.parameters():
-            p.normal_(0.0, scale)
+        for key, p in layer.named_parameters():
+            # network weight matrices at `scale` times the usual 1/sqrt(fan_in) size, so that
+            # the layer is far from the identity but not absurdly saturated
+            network = not key.startswith("params.") and p.dim() == 2
+            p.normal_(0.0, scale / p.shape[1] ** 0.5 if network else scale)
     return layer
 
 

@@ -19,7 +19,7 @@ from flowvi.flows.layers import (
     Reverse,
     TriangularAffine,
 )
-from flowvi.flows.networked import IAF, MAF, NICE, Coupling, RealNVP
+from flowvi.flows.networked import IAF, MAF, NICE, NSF, Coupling, NSFAutoregressive, RealNVP
 
 LAYERS: dict[str, type[nn.Module]] = {
     "planar": Planar,
@@ -33,6 +33,8 @@ LAYERS: dict[str, type[nn.Module]] = {
     "realnvp": RealNVP,
     "maf": MAF,
     "iaf": IAF,
+    "nsf": NSF,
+    "nsf-ar": NSFAutoregressive,
 }
 
 
@@ -51,7 +53,8 @@ def build(
 
     Args:
         flow: a name in :data:`LAYERS` (``planar``, ``radial``, ``affine``, ``triangular``,
-            ``lu``, ``permutation``, ``reverse``, ``nice``, ``realnvp``, ``maf``, ``iaf``).
+            ``lu``, ``permutation``, ``reverse``, ``nice``, ``realnvp``, ``maf``, ``iaf``,
+            ``nsf``, ``nsf-ar``).
         d: dimension.
         length: number of layers ``K``.
         base: ``standard`` (N(0, I)) or ``diagonal`` (trainable diagonal Gaussian).
@@ -122,10 +125,12 @@ __all__ = [
     "LU",
     "MAF",
     "NICE",
+    "NSF",
     "Affine",
     "Coupling",
     "FlowDistribution",
     "Layer",
+    "NSFAutoregressive",
     "NormalizingFlow",
     "Permutation",
     "Planar",

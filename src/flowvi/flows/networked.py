@@ -168,3 +168,17 @@ class MAF(_MaskedAutoregressive):
     sampling. It is the inverse of :class:`IAF`."""
 
     inverted = True
+
+
+class NSF(Coupling):
+    """Rational-quadratic spline coupling (neural spline flow, Durkan et al. 2019): K = 8 bins
+    on [-3, 3], identity tails."""
+
+    transformer_name = "spline"
+
+
+class NSFAutoregressive(MAF):
+    """Autoregressive rational-quadratic spline layer in the MAF direction (Durkan et al.
+    2019, RQ-NSF (AR)): one-pass density, ``d``-pass sampling."""
+
+    transformer_name = "spline"
