@@ -111,3 +111,118 @@ def test_user_targets(tmp_path, monkeypatch):
         flowvi.targets.get("userdens:not_callable", dim=2)
     with pytest.raises(ValueError, match="cannot import"):
         flowvi.targets.get("userdens:missing", dim=2)
+
+
+def _minus_u(name, points):
+    return torch.tensor([-_u_by_hand(name, *map(float, p)) for p in points], dtype=torch.float64)
+
+
+def _grid_points(lo, hi, n):
+    xs = torch.linspace(lo, hi, n, dtype=torch.float64)
+    return torch.cartesian_prod(xs, xs)
+
+
+@pytest.mark.parametrize("name", ["U2", "U3", "U4"])
+def test_default_confinement_is_exact_inside_the_box_and_lower_outside(name):
+    target = flowvi.targets.get(name)  # confined by default
+    inside = _grid_points(-4.0, 4.0, 33)  # edges included
+    expected = _minus_u(name, inside)
+    torch.testing.assert_close(target.log_prob(inside), expected, rtol=1e-12, atol=1e-10)
+    outside = torch.tensor(
+        [[4.01, 0.0], [-4.5, 1.0], [0.3, 4.2], [-1.0, -6.0], [5.0, 5.0], [-4.3, -4.3]],
+        dtype=torch.float64,
+    )
+    free = _minus_u(name, outside)
+    confined = target.log_prob(outside)
+    assert (confined < free).all()
+    # further out, lower still (relative to the unconfined energy)
+    far = outside * 1.2
+    free_far = _minus_u(name, far)
+    assert ((free_far - target.log_prob(far)) > (free - confined)).all()
+
+
+def test_u1_is_unconfined_by_default():
+    target = flowvi.targets.get("U1")
+    points = [(5.0, 0.0), (-4.5, 3.0), (0.5, -6.0), (1.0, 1.0)]
+    z = torch.tensor(points, dtype=torch.float64)
+    expected = torch.tensor([-_u_by_hand("U1", *p) for p in points], dtype=torch.float64)
+    torch.testing.assert_close(target.log_prob(z), expected, rtol=1e-12, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", ["gaussian", "mixture", "banana"])
+def test_normalized_targets_by_midpoint_rule_over_their_box(name):
+    target = flowvi.targets.get(name)
+    (x0, x1), (y0, y1) = target.box
+    n = 800
+    xs = x0 + (torch.arange(n, dtype=torch.float64) + 0.5) * (x1 - x0) / n
+    ys = y0 + (torch.arange(n, dtype=torch.float64) + 0.5) * (y1 - y0) / n
+    points = torch.cartesian_prod(xs, ys)
+    log_p = target.log_prob(points)
+    assert log_p.dtype == torch.float64
+    log_z = torch.logsumexp(log_p, 0) + math.log((x1 - x0) * (y1 - y0) / n**2)
+    assert log_z.item() == pytest.approx(0.0, abs=1e-3)
+
+
+@pytest.mark.parametrize("name", ["nope", "U0", "gauss"])
+def test_unknown_target_lists_the_valid_names(name):
+    with pytest.raises(ValueError, match="U1") as info:
+        flowvi.targets.get(name)
+    assert "banana" in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["U1", "U2", "U3", "U4", "gaussian", "mixture", "banana"])
+def test_wrong_last_dimension_raises(name):
+    target = flowvi.targets.get(name)
+    for d in (1, 3):
+        with pytest.raises(ValueError):
+            target.log_prob(torch.zeros(4, d, dtype=torch.float64))
+    if name != "gaussian":  # the Gaussian target is built in any dimension
+        with pytest.raises(ValueError):
+            flowvi.targets.get(name, dim=3)
+
+
+def test_user_target_values_and_wrong_dimension(tmp_path, monkeypatch):
+    (tmp_path / "mydens.py").write_text(
+        "def fn(z):\n    a, b = z.unbind(-1)\n    return -0.5 * (a ** 2 + 4 * b ** 2)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    target = flowvi.targets.get("mydens:fn", dim=2)
+    z = torch.tensor([[1.0, 0.5], [-2.0, 1.0]], dtype=torch.float64)
+    torch.testing.assert_close(target.log_prob(z), torch.tensor([-1.0, -4.0], dtype=torch.float64))
+    with pytest.raises(ValueError):
+        flowvi.targets.get("mydens:fn")
+    with pytest.raises(ValueError):
+        flowvi.targets.get("mydens:fn", dim=3)
+    with pytest.raises(ValueError):
+        target.log_prob(torch.zeros(2, 3, dtype=torch.float64))
+
+
+def test_normalized_targets_by_hand():
+    """Densities of gaussian (default 2-D), mixture and banana from their formulas, with math."""
+    points = [(0.0, 0.0), (2.0, 2.0), (-1.5, 0.7), (1.2, -2.3)]
+    z = torch.tensor(points, dtype=torch.float64)
+
+    def gaussian(x, y):  # mean (1, -1), unit variances, correlation 0.8
+        a, b, rho = x - 1, y + 1, 0.8
+        quad = (a * a - 2 * rho * a * b + b * b) / (1 - rho**2)
+        return -0.5 * quad - math.log(2 * math.pi * math.sqrt(1 - rho**2))
+
+    def mixture(x, y):
+        sd, dens = 0.5, 0.0
+        for cx, cy in [(2, 2), (-2, 2), (-2, -2), (2, -2)]:
+            dens += 0.25 * math.exp(-0.5 * ((x - cx) ** 2 + (y - cy) ** 2) / sd**2)
+        return math.log(dens / (2 * math.pi * sd**2))
+
+    def banana(x, y):
+        sd = 0.5
+        return (
+            -0.5 * x * x
+            - 0.5 * math.log(2 * math.pi)
+            - 0.5 * ((y - 0.5 * (x * x - 1)) / sd) ** 2
+            - math.log(sd * math.sqrt(2 * math.pi))
+        )
+
+    for name, fn in [("gaussian", gaussian), ("mixture", mixture), ("banana", banana)]:
+        expected = torch.tensor([fn(*p) for p in points], dtype=torch.float64)
+        got = flowvi.targets.get(name).log_prob(z)
+        torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-10, msg=name)

@@ -39,7 +39,7 @@ def solve_increasing(
             lo = torch.where(g <= 0, a, lo)
             hi = torch.where(g >= 0, a, hi)
             step = a - g / dg
-            inside = (step > lo) & (step < hi)
+            inside = (step >= lo) & (step <= hi)
             new = torch.where(inside, step, 0.5 * (lo + hi))
             done = ((new - a).abs() <= 4 * eps * (1 + a.abs())) | (
                 hi - lo <= 4 * eps * (1 + a.abs())
