@@ -93,7 +93,8 @@ class FunctionTarget(Target):
         probe = torch.zeros(3, dim)
         try:
             out = torch.as_tensor(fn(probe))
-        except Exception as error:  # noqa: BLE001: any failure here means a bad target
+        # any failure here means a bad target
+        except Exception as error:  # noqa: BLE001
             raise ValueError(
                 f"target {self.name} fails on z of shape (3, {dim}): {error!r}; "
                 f"is --dim {dim} its dimension?"
