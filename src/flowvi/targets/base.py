@@ -93,8 +93,7 @@ class FunctionTarget(Target):
         probe = torch.zeros(3, dim)
         try:
             out = torch.as_tensor(fn(probe))
-        # any failure here means a bad target
-        except Exception as error:  # noqa: BLE001
+        except Exception as error:  # any failure here means a bad target
             raise ValueError(
                 f"target {self.name} fails on z of shape (3, {dim}): {error!r}; "
                 f"is --dim {dim} its dimension?"
