@@ -8,6 +8,7 @@ from torch import nn
 
 from flowvi._checks import check_choice, check_dim
 from flowvi.distributions import BASES
+from flowvi.flows.fixed import FixedAffine
 from flowvi.flows.flow import FlowDistribution, NormalizingFlow
 from flowvi.flows.layer import Layer
 from flowvi.flows.layers import (
@@ -35,6 +36,7 @@ LAYERS: dict[str, type[nn.Module]] = {
     "iaf": IAF,
     "nsf": NSF,
     "nsf-ar": NSFAutoregressive,
+    "fixed-affine": FixedAffine,
 }
 
 
@@ -128,6 +130,7 @@ __all__ = [
     "NSF",
     "Affine",
     "Coupling",
+    "FixedAffine",
     "FlowDistribution",
     "Layer",
     "NSFAutoregressive",
