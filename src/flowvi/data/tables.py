@@ -1,0 +1,172 @@
+"""User data tables: ``.npy`` arrays and ``.csv`` files of numbers, read strictly.
+
+Nothing is silently dropped or repaired: every problem (a NaN, a ragged row, a word among the
+numbers, a constant column) is a ``ValueError`` naming the file and where the problem is. Rows
+of a ``.csv`` are named by their line number in the file (1-based, as an editor shows it), rows
+of a ``.npy`` by their 0-based index, columns by their 0-based index and, when the file has a
+header, their name.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+SUFFIXES = (".npy", ".csv")
+
+
+def read_table(path: str | Path) -> Tensor:
+    """Read a table of real numbers, one example per row: float64 ``(n, d)``.
+
+    ``.npy``: a 2-D array of a real (integer or floating) dtype, read without pickle.
+
+    ``.csv``: one row per line, all rows with the same number of cells. The delimiter is a
+    comma, else a semicolon, else a tab, else runs of whitespace (the first that occurs in the
+    first non-blank line; ``np.savetxt``'s default is whitespace). A first line whose cells are
+    all non-numeric is a header giving the column names (a leading ``#``, as ``np.savetxt``
+    writes it, is removed). Blank lines carry no data and are skipped; every other line must be a
+    full row of numbers.
+
+    Example:
+        >>> x = read_table("power.csv")  # doctest: +SKIP
+        >>> x.shape, x.dtype
+        (torch.Size([2049280, 6]), torch.float64)
+
+    Raises:
+        FileNotFoundError: if ``path`` does not exist.
+        ValueError: naming the file and the row (``.csv``: line number) or column, for an
+            unknown suffix, an empty file or one with no data rows, fewer than 2 rows, a line that
+            is neither a header nor a data row, a row with the wrong number of cells, a
+            non-numeric cell, a NaN or infinite value, an ``.npy`` array that is not 2-D (giving
+            its shape) or not real-valued, and a constant column (zero variance).
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in SUFFIXES:
+        raise ValueError(f"{path}: unknown table format {suffix!r}; give a .npy or .csv file")
+    if not path.is_file():
+        raise FileNotFoundError(f"no such data file: {path}")
+    if suffix == ".npy":
+        x, header = _read_npy(path), None
+    else:
+        x, header = _read_csv(path)
+    _check_columns(x, header, path)
+    return torch.from_numpy(x)
+
+
+def _read_npy(path: Path) -> np.ndarray:
+    try:
+        x = np.load(path, allow_pickle=False)
+    except ValueError as err:  # object arrays, or not an .npy file at all
+        raise ValueError(f"{path}: cannot read as a numeric .npy array ({err})") from err
+    if not isinstance(x, np.ndarray):
+        raise ValueError(f"{path}: expected one array, found {type(x).__name__}")
+    if x.ndim != 2:
+        raise ValueError(
+            f"{path}: expected a 2-D array (examples × columns), got shape {x.shape}"
+            + (": reshape a single column to (n, 1)" if x.ndim == 1 else "")
+        )
+    if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
+        raise ValueError(f"{path}: expected real numbers, got dtype {x.dtype}")
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        raise ValueError(f"{path}: the array is empty, shape {x.shape}")
+    x = x.astype(np.float64)
+    bad = ~np.isfinite(x)
+    if bad.any():
+        row, col = (int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(
+            f"{path}: {int(bad.any(1).sum())} rows hold NaN or inf; the first is row index "
+            f"{row} (0-based), column {col}: {x[row, col]}"
+        )
+    return x
+
+
+def _delimiter(line: str) -> str | None:
+    for delimiter in (",", ";", "\t"):
+        if delimiter in line:
+            return delimiter
+    return None  # whitespace
+
+
+def _number(cell: str) -> float | None:
+    try:
+        return float(cell)
+    except ValueError:
+        return None
+
+
+def _read_csv(path: Path) -> tuple[np.ndarray, list[str] | None]:
+    text = path.read_text(encoding="utf-8-sig")  # -sig: a byte-order mark is not a header cell
+    lines = text.splitlines()
+    numbered = [(i, line) for i, line in enumerate(lines, 1) if line.strip()]
+    if not numbered:
+        raise ValueError(f"{path}: the file is empty")
+    delimiter = _delimiter(numbered[0][1])
+
+    def cells(line: str) -> list[str]:
+        if delimiter is None:
+            return line.split()
+        return [c.strip() for c in next(csv.reader([line], delimiter=delimiter))]
+
+    header = None
+    first_no, first = numbered[0]
+    first_cells = cells(first.lstrip().removeprefix("#"))
+    numeric = [_number(c) is not None for c in first_cells]
+    if not any(numeric):
+        header, numbered = first_cells, numbered[1:]
+    elif not all(numeric):
+        text_cells = [c for c, ok in zip(first_cells, numeric, strict=True) if not ok]
+        raise ValueError(
+            f"{path}, line {first_no}: mixes numbers and text ({text_cells[0]!r}), so it is "
+            "neither a header (all names) nor a data row (all numbers)"
+        )
+    if not numbered:
+        raise ValueError(f"{path}: a header ({', '.join(header or [])}) but no data rows")
+    d = len(header) if header is not None else len(first_cells)
+    rows = []
+    for line_no, line in numbered:
+        row = cells(line)
+        if len(row) != d:
+            where = "the header" if header is not None else f"line {first_no}"
+            raise ValueError(
+                f"{path}, line {line_no}: {len(row)} cells, expected {d} as on {where}"
+            )
+        values = []
+        for j, cell in enumerate(row):
+            value = _number(cell)
+            if value is None:
+                raise ValueError(
+                    f"{path}, line {line_no}, column {j}{_name(header, j)}: "
+                    f"cannot read {cell!r} as a number"
+                )
+            if not math.isfinite(value):
+                raise ValueError(
+                    f"{path}, line {line_no}, column {j}{_name(header, j)}: "
+                    f"{cell!r} is not finite (NaN and inf are refused)"
+                )
+            values.append(value)
+        rows.append(values)
+    return np.array(rows, dtype=np.float64), header
+
+
+def _name(header: list[str] | None, j: int) -> str:
+    return f" ({header[j]!r})" if header is not None else ""
+
+
+def _check_columns(x: np.ndarray, header: list[str] | None, path: Path) -> None:
+    """Refuse tables too small to standardize, and constant columns (zero variance)."""
+    if x.shape[0] < 2:
+        raise ValueError(f"{path}: {x.shape[0]} data row; at least 2 are needed")
+    constant = np.flatnonzero((x == x[0]).all(0))
+    if constant.size:
+        j = int(constant[0])
+        raise ValueError(
+            f"{path}: column {j}{_name(header, j)} is constant (every value is {x[0, j]:g}); "
+            f"a zero-variance column has no density: drop it "
+            f"({constant.size} constant column(s): {', '.join(map(str, constant.tolist()))})"
+        )
