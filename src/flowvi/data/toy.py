@@ -8,9 +8,9 @@ formulas. Every generator is reproducible from its ``seed`` and vectorized over 
 Each toy's ``noise`` is the standard deviation of its Gaussian noise, with these meanings and
 defaults:
 
-============  ==========================================================  =================
+============  ==========================================================  ===================
 toy           ``noise``                                                   default
-============  ==========================================================  =================
+============  ==========================================================  ===================
 moons         Gaussian noise added to points on the two half circles      0.05
 circles       Gaussian noise added to points on the circles of radius
               1 and 0.5                                                   0.05
@@ -18,7 +18,7 @@ circles       Gaussian noise added to points on the circles of radius
 pinwheel      radial standard deviation (tangential: a third of it)       0.3
 2spirals      Gaussian noise added to the (jittered) spiral points        0.1
 checkerboard  none: uniform on the dark squares; giving one is an error   —
-============  ==========================================================  =================
+============  ==========================================================  ===================
 """
 
 from __future__ import annotations
