@@ -33,18 +33,6 @@ def _midpoint_grid(half_width, n):
     return torch.stack([gx.reshape(-1), gy.reshape(-1)], -1), (2 * half_width / n) ** 2
 
 
-@pytest.fixture
-def one_thread():
-    """The grid test runs ~3000 small ops; with two intra-op threads on two cores, one other busy
-    process makes every op wait for a preempted thread (40 s instead of 2 s). One thread avoids
-    that and costs nothing here."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("seed", [0, 2])
 def test_density_integrates_to_one(seed):
     flow = _flow(seed)

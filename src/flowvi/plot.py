@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -40,7 +41,7 @@ def fit_figure(
     rows = len(fits)
     fig, axes = plt.subplots(rows, 3, figsize=(9, 3 * rows), squeeze=False)
     for i, (target, flow) in enumerate(fits):
-        param = next(flow.parameters())
+        param = _tensor_of(flow)
         box = target.box
         extent = (*box[0], *box[1])
         p = density_image(target.log_prob, box, resolution, dtype=param.dtype, device=param.device)
@@ -60,11 +61,7 @@ def fit_figure(
             ax.set_xticks([])
             ax.set_yticks([])
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def trace_figure(traces: dict[str, torch.Tensor], path: str | Path) -> Path:
@@ -79,3 +76,89 @@ def trace_figure(traces: dict[str, torch.Tensor], path: str | Path) -> Path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return Path(path)
+
+
+def _box(x: torch.Tensor, margin: float = 0.1) -> tuple[tuple[float, float], ...]:
+    """A square-ish 2-D box around the central 99.8% of ``x: (n, 2)``, padded by ``margin``."""
+    lo, hi = torch.quantile(x, torch.tensor([0.001, 0.999], dtype=x.dtype), dim=0)
+    pad = margin * (hi - lo)
+    return tuple((float(a), float(b)) for a, b in zip(lo - pad, hi + pad, strict=True))
+
+
+@torch.no_grad()
+def density_figure(
+    x: torch.Tensor,
+    flow: torch.nn.Module,
+    path: str | Path,
+    *,
+    resolution: int = 300,
+    samples: int = 20_000,
+    title: str | None = None,
+) -> Path:
+    """Data | model density | model samples, for 2-D data ``x: (n, 2)`` (e.g. the test set).
+
+    The model density is exact: ``exp(flow.log_prob)`` on a grid, scaled to a peak of 1.
+    """
+    param = _tensor_of(flow)
+    x = x.detach().cpu().double()
+    box = _box(x)
+    extent = (*box[0], *box[1])
+    q = density_image(flow.log_prob, box, resolution, dtype=param.dtype, device=param.device)
+    s = flow.sample((samples,)).cpu()
+    fig, axes = plt.subplots(1, 3, figsize=(9, 3.2))
+    axes[0].hist2d(x[:, 0].numpy(), x[:, 1].numpy(), bins=150, range=box, cmap="viridis")
+    axes[0].set_title(f"data ({len(x)} points)")
+    axes[1].imshow(q.numpy(), origin="lower", extent=extent, cmap="viridis", aspect="auto")
+    axes[1].set_title("model density (exact)")
+    axes[2].hist2d(s[:, 0].numpy(), s[:, 1].numpy(), bins=150, range=box, cmap="viridis")
+    axes[2].set_title(f"{samples} model samples")
+    for ax in axes:
+        ax.set_xlim(box[0])
+        ax.set_ylim(box[1])
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+@torch.no_grad()
+def image_grid(
+    flow: torch.nn.Module,
+    path: str | Path,
+    *,
+    levels: int,
+    shape: tuple[int, ...],
+    rows: int = 8,
+    images: torch.Tensor | None = None,
+) -> Path:
+    """A ``rows × rows`` grid of model samples (or of ``images: (n, D)``), as grey images.
+
+    Samples are dequantized pixel values in ``[0, levels)``; they are floored to integer levels
+    and clipped to ``[0, levels - 1]`` for display.
+    """
+    n = rows * rows
+    x = flow.sample((n,)) if images is None else images[:n]
+    x = torch.floor(x.detach().cpu().double()).clamp(0, levels - 1)
+    h, w = shape[-2:]
+    tiles = x.reshape(rows, rows, h, w).permute(0, 2, 1, 3).reshape(rows * h, rows * w)
+    fig, ax = plt.subplots(figsize=(6, 6))
+    ax.imshow(tiles.numpy(), cmap="gray", vmin=0, vmax=levels - 1)
+    ax.set_axis_off()
+    ax.set_title(f"{n} model samples" if images is None else f"{n} images")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _tensor_of(module: torch.nn.Module) -> torch.Tensor:
+    """A parameter or buffer of ``module``: where its dtype and device come from."""
+    return next(itertools.chain(module.parameters(), module.buffers()))
+
+
+def _save(fig, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -72,13 +72,13 @@ class FitConfig:
         beta_schedule(0, beta0=self.beta0, anneal_iters=self.anneal_iters)
         if self.dim is not None:
             check_dim(self.dim, "--dim")
-        _device(self.device)
+        resolve_device(self.device)
 
     def resolve_target(self) -> targets.Target:
         return targets.get(self.target, dim=self.dim, confine=self.confine)
 
 
-def _device(name: str) -> torch.device:
+def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -120,7 +120,7 @@ def run_fit(
         )
     if resume and not (directory / CHECKPOINT).exists():
         raise ValueError(f"cannot resume {directory}: it has no {CHECKPOINT}")
-    device, dtype = _device(config.device), DTYPES[config.dtype]
+    device, dtype = resolve_device(config.device), DTYPES[config.dtype]
     torch.manual_seed(config.seed)
     flow = build(
         config.flow, target.dim, length=config.length, base=config.base, hidden=config.hidden

@@ -26,6 +26,88 @@ class NonFiniteLossError(FloatingPointError):
     """Training met a NaN or infinite loss or gradient; the message says where and what."""
 
 
+class EarlyStopping:
+    """Validation-based early stopping for :func:`train`, keeping the best parameters.
+
+    Every ``every`` iterations :func:`train` evaluates ``loss_fn()`` (without autograd, one host
+    sync); a value below the best so far by more than ``min_delta`` saves a copy of the model's
+    state, and ``patience`` evaluations in a row without one stop training. At the end the best
+    state is put back into the model. The state (best value, its iteration, the count of bad
+    evaluations, the best parameters, the validation trace) goes into the checkpoint, so that a
+    resumed run stops exactly where an uninterrupted one would.
+
+    Args:
+        loss_fn: the validation loss, a scalar tensor (e.g. the mean NLL of held-out data, nats).
+        every: iterations between evaluations.
+        patience: evaluations without improvement before stopping.
+        min_delta: the improvement (nats) that counts as one.
+
+    Raises:
+        ValueError: if ``every`` or ``patience`` is not a positive integer, or ``min_delta < 0``.
+    """
+
+    def __init__(
+        self,
+        loss_fn: Callable[[], Tensor],
+        *,
+        every: int = 100,
+        patience: int = 20,
+        min_delta: float = 0.0,
+    ) -> None:
+        check_dim(every, "validation interval (every)")
+        check_dim(patience, "patience")
+        if not min_delta >= 0:
+            raise ValueError(f"min_delta must be >= 0, got {min_delta}")
+        self.loss_fn, self.every, self.patience = loss_fn, every, patience
+        self.min_delta = min_delta
+        self.best, self.best_iteration, self.bad = math.inf, 0, 0
+        self.best_state: dict[str, Tensor] | None = None
+        self.trace: list[tuple[int, float]] = []
+
+    @property
+    def stopped(self) -> bool:
+        """Whether the last evaluations ran out of patience."""
+        return self.bad >= self.patience
+
+    def __call__(self, model: nn.Module, t: int) -> bool:
+        """Evaluate after iteration ``t`` (1-based count of steps taken); return True to stop.
+
+        Raises:
+            NonFiniteLossError: if the validation loss is NaN or infinite.
+        """
+        with torch.no_grad():
+            value = float(self.loss_fn())
+        if not math.isfinite(value):
+            raise NonFiniteLossError(f"validation loss is {value} after iteration {t}")
+        self.trace.append((t, value))
+        if value < self.best - self.min_delta:
+            self.best, self.best_iteration, self.bad = value, t, 0
+            self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            self.bad += 1
+        return self.stopped
+
+    def restore(self, model: nn.Module) -> None:
+        """Load the best state seen into ``model`` (nothing if none was evaluated)."""
+        if self.best_state is not None:
+            model.load_state_dict(self.best_state)
+
+    def state(self) -> tuple[dict[str, Tensor], dict[str, str]]:
+        """Tensors and metadata for a checkpoint."""
+        tensors = {f"best/{k}": v for k, v in (self.best_state or {}).items()}
+        tensors["valid_trace"] = torch.tensor(self.trace, dtype=torch.float64).reshape(-1, 2)
+        meta = {"best": repr(self.best), "best_iteration": str(self.best_iteration)}
+        return tensors, meta | {"bad": str(self.bad)}
+
+    def load_state(self, tensors: Mapping[str, Tensor], metadata: Mapping[str, str]) -> None:
+        """Restore what :meth:`state` saved."""
+        best = {k.removeprefix("best/"): v for k, v in tensors.items() if k.startswith("best/")}
+        self.best_state = best or None
+        self.trace = [(int(t), v) for t, v in tensors["valid_trace"].tolist()]
+        self.best = float(metadata["best"])
+        self.best_iteration, self.bad = int(metadata["best_iteration"]), int(metadata["bad"])
+
+
 def make_optimizer(params, name: str, lr: float) -> torch.optim.Optimizer:
     """Adam (default) or RMSprop (the paper's choice, with momentum 0.9).
 
@@ -56,6 +138,7 @@ def train(
     progress: bool = True,
     desc: str = "train",
     label: str = "loss",
+    early_stopping: EarlyStopping | None = None,
 ) -> Tensor:
     """Minimize ``loss_fn(t)`` over ``model``'s parameters for iterations ``t = 0 … iters - 1``.
 
@@ -67,8 +150,12 @@ def train(
     number generator states and the loss trace go to ``directory/checkpoint.safetensors``,
     written atomically, so that ``resume=True`` continues exactly where the run stopped.
 
+    With ``early_stopping`` (see :class:`EarlyStopping`), a validation loss is evaluated every
+    ``early_stopping.every`` iterations; training may stop before ``iters``, and the model ends
+    with the parameters of the best validation loss.
+
     Returns:
-        the loss at every iteration, shape ``(iters,)``.
+        the loss at every iteration, shape ``(iters,)`` (NaN after an early stop).
 
     Raises:
         NonFiniteLossError: at the first iteration whose loss or gradient is NaN or infinite,
@@ -88,14 +175,17 @@ def train(
     if resume:
         if path is None or not path.exists():
             raise ValueError(f"cannot resume: no {CHECKPOINT} in {directory}")
-        start = _load_checkpoint(path, model, opt, trace)
+        start = _load_checkpoint(path, model, opt, trace, early_stopping)
 
     def checkpoint(t: int) -> None:
         if path is not None:
-            _save_checkpoint(path, model, opt, trace, t)
+            _save_checkpoint(path, model, opt, trace, t, early_stopping)
 
+    stopped = early_stopping is not None and early_stopping.stopped
     bar = tqdm(range(start, iters), initial=start, total=iters, desc=desc, disable=not progress)
     for t in bar:
+        if stopped:
+            break
         loss, parts = loss_fn(t)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -105,11 +195,18 @@ def train(
             raise NonFiniteLossError(_explain(t, loss, grad_norm, parts, path))
         opt.step()
         trace[t] = loss.detach()
-        if (t + 1) % checkpoint_every == 0 and t + 1 < iters:
-            checkpoint(t + 1)
-        if t % 25 == 0 or t + 1 == iters:
+        if early_stopping is not None and (t + 1) % early_stopping.every == 0:
+            stopped = early_stopping(model, t + 1)
+            bar.set_postfix({label: f"{trace[t]:.4f}", "valid": f"{early_stopping.best:.4f}"})
+        elif t % 25 == 0 or t + 1 == iters:
             bar.set_postfix({label: f"{trace[t]:.4f}"})
-    checkpoint(iters)
+        if stopped or ((t + 1) % checkpoint_every == 0 and t + 1 < iters):
+            checkpoint(t + 1)
+    bar.close()
+    if not stopped:
+        checkpoint(iters)
+    if early_stopping is not None:
+        early_stopping.restore(model)
     return trace
 
 
@@ -127,8 +224,14 @@ def _explain(t: int, loss: Tensor, grad_norm: Tensor, parts: Mapping[str, Tensor
     return "; ".join(lines)
 
 
-def _save_checkpoint(path: Path, model: nn.Module, opt, trace: Tensor, t: int) -> None:
+def _save_checkpoint(
+    path: Path, model: nn.Module, opt, trace: Tensor, t: int, stopper: EarlyStopping | None
+) -> None:
     tensors = {f"model/{k}": v for k, v in model.state_dict().items()}
+    metadata = {}
+    if stopper is not None:
+        stop_tensors, metadata = stopper.state()
+        tensors |= {f"stop/{k}": v for k, v in stop_tensors.items()}
     state = opt.state_dict()
     for index, entries in state["state"].items():
         for key, value in entries.items():
@@ -138,11 +241,13 @@ def _save_checkpoint(path: Path, model: nn.Module, opt, trace: Tensor, t: int) -
         for i, rng in enumerate(torch.cuda.get_rng_state_all()):
             tensors[f"rng/cuda/{i}"] = rng
     tensors["trace"] = trace
-    metadata = {"iteration": str(t), "param_groups": json.dumps(state["param_groups"])}
+    metadata |= {"iteration": str(t), "param_groups": json.dumps(state["param_groups"])}
     write_tensors(path, tensors, metadata)
 
 
-def _load_checkpoint(path: Path, model: nn.Module, opt, trace: Tensor) -> int:
+def _load_checkpoint(
+    path: Path, model: nn.Module, opt, trace: Tensor, stopper: EarlyStopping | None
+) -> int:
     with safe_open(str(path), framework="pt") as f:
         metadata = f.metadata()
     tensors = load_file(str(path))
@@ -162,4 +267,9 @@ def _load_checkpoint(path: Path, model: nn.Module, opt, trace: Tensor) -> int:
     saved = tensors["trace"]
     n = min(len(saved), len(trace))
     trace[:n] = saved[:n]
+    if stopper is not None:
+        stop = {k.removeprefix("stop/"): v for k, v in tensors.items() if k.startswith("stop/")}
+        if "valid_trace" not in stop:
+            raise ValueError(f"cannot resume with early stopping: {path} has no validation state")
+        stopper.load_state(stop, metadata)
     return int(metadata["iteration"])

@@ -8,7 +8,7 @@ from torch import nn
 
 from flowvi._checks import check_choice, check_dim
 from flowvi.distributions import BASES
-from flowvi.flows.fixed import FixedAffine
+from flowvi.flows.fixed import LogitPreprocessing, Standardization
 from flowvi.flows.flow import FlowDistribution, NormalizingFlow
 from flowvi.flows.layer import Layer
 from flowvi.flows.layers import (
@@ -36,7 +36,8 @@ LAYERS: dict[str, type[nn.Module]] = {
     "iaf": IAF,
     "nsf": NSF,
     "nsf-ar": NSFAutoregressive,
-    "fixed-affine": FixedAffine,
+    "standardize": Standardization,
+    "logit": LogitPreprocessing,
 }
 
 
@@ -130,9 +131,9 @@ __all__ = [
     "NSF",
     "Affine",
     "Coupling",
-    "FixedAffine",
     "FlowDistribution",
     "Layer",
+    "LogitPreprocessing",
     "NSFAutoregressive",
     "NormalizingFlow",
     "Permutation",
@@ -140,6 +141,7 @@ __all__ = [
     "Radial",
     "RealNVP",
     "Reverse",
+    "Standardization",
     "TriangularAffine",
     "build",
     "describe",

@@ -1,4 +1,9 @@
-"""Fixed (untrained) layers at the data end of a flow: standardization and pre-processing."""
+"""Fixed (untrained) layers at the data end of a flow: standardization and logit pre-processing.
+
+Placed last in a flow (base → data), they map the space the trained layers work in to data
+units, so that ``log_prob`` of data includes the pre-processing's Jacobian and is reported in
+the data's own units (:mod:`flowvi.data` holds the math).
+"""
 
 from __future__ import annotations
 
@@ -6,54 +11,85 @@ import torch
 from torch import Tensor, nn
 
 from flowvi._checks import check_dim
-from flowvi.transforms import AffineTransform
+from flowvi.data import LogitPreprocess, Standardize
+from flowvi.transforms.base import Transform
 
 
-class FixedAffine(nn.Module):
-    r"""A fixed elementwise affine map :math:`x = \mu + \sigma \odot y` (buffers, no parameters).
+class Standardization(nn.Module):
+    r"""Data-end layer :math:`x = \mu + \sigma \odot y`: ``Standardize(mean, std).inv``.
 
-    Placed last in a flow, it maps the model's standardized space back to data units, so that
-    ``log_prob`` of raw data includes the standardization's Jacobian,
-    :math:`\ln p(x) = \ln q(y) - \sum_i \ln \sigma_i` with :math:`y = (x - \mu)/\sigma`.
-    ``flowvi density`` puts the training data's mean and standard deviation here; the values are
-    saved with the weights. Starts at the identity; ``context`` is accepted and ignored.
+    ``log_prob`` of raw data then includes the standardization's Jacobian,
+    :math:`\ln p(x) = \ln q(y) - \sum_i \ln \sigma_i`, :math:`y = (x - \mu)/\sigma`. The
+    statistics are buffers (saved with the weights, moved by ``.to``); floating tensors keep
+    their dtype, so float64 statistics stay exact until the module is cast. Starts at the
+    identity; ``context`` is accepted and ignored.
 
     Args:
         d: dimension.
-        loc: :math:`\mu`, shape ``(d,)`` (default zeros).
-        scale: :math:`\sigma > 0`, shape ``(d,)`` (default ones).
+        mean: :math:`\mu`, shape ``(d,)`` (default zeros).
+        std: :math:`\sigma > 0`, shape ``(d,)`` (default ones).
 
     Raises:
-        ValueError: if the shapes are not ``(d,)`` or a scale is not positive and finite.
+        ValueError: if the shapes are not ``(d,)`` or a ``std`` is not positive and finite.
     """
 
     def __init__(
         self,
         d: int,
         *,
-        loc: Tensor | None = None,
-        scale: Tensor | None = None,
+        mean: Tensor | None = None,
+        std: Tensor | None = None,
         context_dim: int | None = None,
     ) -> None:
         super().__init__()
         check_dim(d)
         self.d, self.context_dim = d, None
-        loc = (
-            torch.zeros(d) if loc is None else torch.as_tensor(loc, dtype=torch.get_default_dtype())
-        )
-        scale = torch.ones(d) if scale is None else torch.as_tensor(scale, dtype=loc.dtype)
-        if loc.shape != (d,) or scale.shape != (d,):
-            raise ValueError(
-                f"loc and scale must have shape ({d},), "
-                f"got {tuple(loc.shape)} and {tuple(scale.shape)}"
-            )
-        if not bool(torch.isfinite(scale).all() & (scale > 0).all()):
-            raise ValueError("every scale must be positive and finite")
-        self.register_buffer("loc", loc.clone())
-        self.register_buffer("log_scale", scale.log())
+        mean = torch.zeros(d) if mean is None else torch.as_tensor(mean)
+        if not mean.is_floating_point():
+            mean = mean.to(torch.get_default_dtype())
+        std = (torch.ones(d) if std is None else torch.as_tensor(std)).to(mean.dtype)
+        if mean.shape != (d,):
+            raise ValueError(f"mean must have shape ({d},), got {tuple(mean.shape)}")
+        Standardize(mean, std)  # validates
+        self.register_buffer("mean", mean.clone())
+        self.register_buffer("std", std.clone())
 
-    def forward(self, context: Tensor | None = None) -> AffineTransform:
-        return AffineTransform(self.loc, self.log_scale)
+    def forward(self, context: Tensor | None = None) -> Transform:
+        return Standardize(self.mean, self.std).inv
 
     def extra_repr(self) -> str:
         return f"d={self.d}"
+
+
+class LogitPreprocessing(nn.Module):
+    r"""Data-end layer mapping the flow's :math:`y \in \mathbb R^D` to dequantized pixels
+    :math:`x = L(\sigma(y) - \alpha)/(1 - 2\alpha)`: ``LogitPreprocess(levels, alpha).inv``
+    (Dinh et al. 2017, Section 4.1).
+
+    ``log_prob`` of dequantized pixels :math:`x \in [0, L)^D` is then in nats in level units,
+    and :func:`flowvi.data.bits_per_dim` of its negative bounds the discrete data's bits/dim.
+    No parameters; ``context`` is accepted and ignored.
+
+    Args:
+        d: dimension ``D``.
+        levels: :math:`L`, pixel levels (256 for 8-bit images, 17 for scikit-learn's digits).
+        alpha: :math:`\alpha \in [0, 0.5)`.
+
+    Raises:
+        ValueError: for ``levels < 2`` or ``alpha`` outside ``[0, 0.5)``.
+    """
+
+    def __init__(
+        self, d: int, *, levels: int = 256, alpha: float = 0.05, context_dim: int | None = None
+    ) -> None:
+        super().__init__()
+        check_dim(d)
+        LogitPreprocess(levels, alpha)  # validates
+        self.d, self.context_dim, self.levels, self.alpha = d, None, levels, alpha
+        self.spec = {"levels": levels, "alpha": alpha}
+
+    def forward(self, context: Tensor | None = None) -> Transform:
+        return LogitPreprocess(self.levels, self.alpha).inv
+
+    def extra_repr(self) -> str:
+        return f"d={self.d}, levels={self.levels}, alpha={self.alpha}"

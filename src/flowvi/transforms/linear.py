@@ -12,6 +12,32 @@ from torch import Tensor
 from flowvi.transforms.base import Transform
 
 
+def _matvec(matrix: Tensor, x: Tensor) -> Tensor:
+    """``matrix @ x`` over the last axis, ``matrix: (*p, d, d)``, ``x: (*batch, d)``: one GEMM
+    for a matrix shared by the whole batch instead of a batch of matrix-vector products."""
+    if matrix.dim() == 2:
+        return x @ matrix.mT
+    return (matrix @ x.unsqueeze(-1)).squeeze(-1)
+
+
+def _solve(matrix: Tensor, y: Tensor, *, upper: bool, unitriangular: bool = False) -> Tensor:
+    r"""``matrix⁻¹ y`` over the last axis for a triangular ``matrix`` (see :func:`_matvec`).
+
+    A shared matrix solves :math:`X A^\top = Y` once for all rows of ``y`` (one triangular
+    solve with many right-hand sides) instead of broadcasting ``A`` over the batch.
+    """
+    if matrix.dim() == 2:
+        flat = y.reshape(-1, y.shape[-1])
+        x = torch.linalg.solve_triangular(
+            matrix.mT, flat, upper=not upper, left=False, unitriangular=unitriangular
+        )
+        return x.reshape(y.shape)
+    x = torch.linalg.solve_triangular(
+        matrix, y.unsqueeze(-1), upper=upper, unitriangular=unitriangular
+    )
+    return x.squeeze(-1)
+
+
 class TriangularAffineTransform(Transform):
     r"""Affine map :math:`y = \mu + L x` with :math:`L` lower triangular and positive diagonal.
 
@@ -34,12 +60,10 @@ class TriangularAffineTransform(Transform):
         return torch.broadcast_to(self.log_diag.sum(-1), x.shape[:-1])
 
     def call_and_ladj(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        y = self.loc + (self.scale_tril @ x.unsqueeze(-1)).squeeze(-1)
-        return y, self._ladj(x)
+        return self.loc + _matvec(self.scale_tril, x), self._ladj(x)
 
     def _inverse(self, y: Tensor) -> Tensor:
-        rhs = (y - self.loc).unsqueeze(-1)
-        return torch.linalg.solve_triangular(self.scale_tril, rhs, upper=False).squeeze(-1)
+        return _solve(self.scale_tril, y - self.loc, upper=False)
 
     def _inverse_and_ladj(self, y: Tensor) -> tuple[Tensor, Tensor]:
         return self._inverse(y), -self._ladj(y)
@@ -75,13 +99,11 @@ class LUTransform(Transform):
         return torch.broadcast_to(self.log_diag.sum(-1), x.shape[:-1])
 
     def call_and_ladj(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        y = (self.lower @ (self.upper @ x.unsqueeze(-1))).squeeze(-1) + self.bias
-        return y, self._ladj(x)
+        return _matvec(self.lower, _matvec(self.upper, x)) + self.bias, self._ladj(x)
 
     def _inverse(self, y: Tensor) -> Tensor:
-        rhs = (y - self.bias).unsqueeze(-1)
-        v = torch.linalg.solve_triangular(self.lower, rhs, upper=False, unitriangular=True)
-        return torch.linalg.solve_triangular(self.upper, v, upper=True).squeeze(-1)
+        v = _solve(self.lower, y - self.bias, upper=False, unitriangular=True)
+        return _solve(self.upper, v, upper=True)
 
     def _inverse_and_ladj(self, y: Tensor) -> tuple[Tensor, Tensor]:
         return self._inverse(y), -self._ladj(y)

@@ -1,0 +1,327 @@
+"""A maximum-likelihood density fit as a run: configuration in, a directory of results out."""
+
+from __future__ import annotations
+
+import csv
+import io as _io
+import math
+import platform
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+import flowvi
+from flowvi import data
+from flowvi._checks import check_choice, check_dim
+from flowvi.density import check_data, fit_density
+from flowvi.flows import LAYERS, NormalizingFlow, build
+from flowvi.flows.fixed import LogitPreprocessing, Standardization
+from flowvi.io import CONFIG, atomic_write, load, read_json, save, write_json
+from flowvi.plot import density_figure, image_grid
+from flowvi.run import DTYPES, resolve_device
+from flowvi.train import CHECKPOINT, make_optimizer
+
+IMAGES = ("digits", "fashion-mnist", "mnist")
+FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
+
+
+@dataclass(frozen=True)
+class DensityConfig:
+    """Everything that determines a ``flowvi density`` run; saved as ``config.json``.
+
+    ``data`` is a toy name (see :data:`flowvi.data.TOYS`), an image set (``digits``,
+    ``fashion-mnist``, ``mnist``) or the path of a ``.npy`` / ``.csv`` file.
+    """
+
+    data: str = "moons"
+    data_dir: str | None = None
+    flow: str = "nsf"
+    length: int = 5
+    base: str = "standard"
+    hidden: tuple[int, ...] = (64, 64)
+    n_train: int = 20_000
+    n_valid: int = 2_000
+    n_test: int = 5_000
+    valid_fraction: float = 0.1
+    test_fraction: float = 0.2
+    alpha: float = 0.05
+    iters: int = 5_000
+    batch_size: int = 256
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    valid_every: int = 100
+    patience: int = 20
+    seed: int = 0
+    device: str = "cpu"
+    dtype: str = "float32"
+    checkpoint_every: int = 1_000
+
+    @property
+    def kind(self) -> str:
+        """``toy``, ``image`` or ``table``."""
+        if self.data in data.TOYS:
+            return "toy"
+        return "image" if self.data in IMAGES else "table"
+
+    def validate(self) -> None:
+        """Refuse impossible settings before any work starts.
+
+        Raises:
+            ValueError: naming the setting and the accepted values.
+        """
+        check_dim(self.length, "flow length K (--length)")
+        for size in self.hidden:
+            check_dim(size, "hidden layer size (--hidden)")
+        for name in ("n_train", "n_valid", "n_test", "iters", "batch_size", "valid_every"):
+            check_dim(getattr(self, name), "--" + name.replace("_", "-"))
+        check_dim(self.patience, "--patience")
+        check_dim(self.checkpoint_every, "--checkpoint-every")
+        for name in ("valid_fraction", "test_fraction"):
+            if not 0 < getattr(self, name) < 0.5:
+                raise ValueError(f"--{name.replace('_', '-')} must lie in (0, 0.5)")
+        if not 0 <= self.alpha < 0.5:
+            raise ValueError(f"--alpha must lie in [0, 0.5), got {self.alpha}")
+        check_choice(self.dtype, DTYPES, "dtype")
+        check_choice(self.flow, LAYERS, "flow")
+        check_choice(self.base, flowvi.distributions.BASES, "base")
+        make_optimizer([torch.zeros(1, requires_grad=True)], self.optimizer, self.lr)
+        resolve_device(self.device)
+        if self.kind == "table" and Path(self.data).suffix.lower() not in (".npy", ".csv"):
+            raise ValueError(
+                f"unknown data {self.data!r}: give one of {', '.join([*data.TOYS, *IMAGES])}, "
+                "or a .npy or .csv file"
+            )
+
+
+@dataclass
+class Splits:
+    """Train, validation and test data in data units, ``(n, D)`` float64 each.
+
+    ``levels`` (images): pixel values are integers in ``[0, levels)``; ``image_shape`` is
+    ``(C, H, W)``.
+    """
+
+    train: Tensor
+    valid: Tensor
+    test: Tensor
+    levels: int | None = None
+    image_shape: tuple[int, ...] | None = None
+
+
+def load_splits(config: DensityConfig) -> Splits:
+    """The data of a run, split reproducibly from ``config.seed``.
+
+    Toys: fresh samples of sizes ``n_train``, ``n_valid``, ``n_test`` (seeds ``seed``,
+    ``seed + 1``, ``seed + 2``). Tables and digits: a random split with ``valid_fraction`` and
+    ``test_fraction``. Fashion-MNIST and MNIST: their test set, and ``valid_fraction`` of the
+    training set for validation.
+
+    Raises:
+        ValueError, FileNotFoundError: for unreadable or invalid data (see :mod:`flowvi.data`).
+    """
+    if config.kind == "toy":
+        sizes = (config.n_train, config.n_valid, config.n_test)
+        parts = [
+            data.toy(config.data, n, seed=config.seed + i, dtype=torch.float64)
+            for i, n in enumerate(sizes)
+        ]
+        return Splits(*parts)
+    if config.data == "digits":
+        x, levels, shape = data.digits()
+        return Splits(*_split(x, config, test=True), levels=levels, image_shape=shape)
+    if config.kind == "image":
+        directory = config.data_dir or FASHION_MNIST
+        train, _ = data.read_idx(directory, "train")
+        test, _ = data.read_idx(directory, "test")
+        side = math.isqrt(train.shape[1])
+        train, valid = _split(train.double(), config, test=False)
+        return Splits(train, valid, test.double(), levels=256, image_shape=(1, side, side))
+    x = data.read_table(config.data)
+    if x.shape[0] < 10:
+        raise ValueError(f"{config.data} has {x.shape[0]} rows: too few to split and fit")
+    return Splits(*_split(x, config, test=True))
+
+
+def _split(x: Tensor, config: DensityConfig, *, test: bool) -> list[Tensor]:
+    order = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(config.seed))
+    n_valid = max(1, round(config.valid_fraction * x.shape[0]))
+    n_test = max(1, round(config.test_fraction * x.shape[0])) if test else 0
+    valid, rest = order[:n_valid], order[n_valid:]
+    parts = [x[rest[n_test:]], x[valid]]
+    return [*parts, x[rest[:n_test]]] if test else parts
+
+
+def make_flow(config: DensityConfig, splits: Splits) -> NormalizingFlow:
+    r"""The run's model: ``config.flow`` in a standardized (tables, toys) or logit (images)
+    space, then a fixed data-end layer mapping that space to data units, so that ``log_prob``
+    of data includes the pre-processing's Jacobian.
+
+    Tables: :class:`flowvi.flows.Standardization`, :math:`x = \mu + \sigma y`, with the
+    training data's mean and standard deviation. Images: :class:`flowvi.flows.LogitPreprocessing`
+    (Dinh et al. 2017, Section 4.1), :math:`x = L (\sigma(y) - \alpha) / (1 - 2\alpha)` for
+    dequantized pixels :math:`x \in [0, L)^D`.
+    """
+    d = splits.train.shape[1]
+    flow = build(config.flow, d, length=config.length, base=config.base, hidden=config.hidden)
+    if splits.levels is None:
+        stats = data.Standardize.fit(splits.train)
+        tail = Standardization(d, mean=stats.mean, std=stats.std)
+    else:
+        tail = LogitPreprocessing(d, levels=splits.levels, alpha=config.alpha)
+    return NormalizingFlow(flow.base, [*flow.layers, tail])
+
+
+def run_density(
+    config: DensityConfig, directory: str | Path, *, resume: bool = False, progress: bool = True
+) -> dict[str, Any]:
+    """Fit a flow to data by maximum likelihood and write one run to ``directory``.
+
+    Writes ``config.json``, ``checkpoint.safetensors`` (during training), ``model.safetensors``,
+    ``trace.csv`` (iteration, training NLL, validation NLL), ``metrics.json`` (test NLL in nats
+    per example and per dimension, and bits per dimension for images) and ``density.png``
+    (2-D data: data | model density | samples) or ``samples.png`` (images). Returns the metrics.
+
+    Raises:
+        ValueError: for invalid settings or data (before any training), or when ``directory``
+            already holds a run and ``resume`` is false.
+        flowvi.train.NonFiniteLossError: when the loss turns NaN or infinite; the checkpoint
+            keeps the last good parameters.
+    """
+    config.validate()
+    directory = Path(directory)
+    if (directory / CONFIG).exists() and not resume:
+        raise ValueError(
+            f"{directory} already holds a run; continue it with --resume {directory} "
+            "or choose another --out"
+        )
+    if resume and not (directory / CHECKPOINT).exists():
+        raise ValueError(f"cannot resume {directory}: it has no {CHECKPOINT}")
+    splits = load_splits(config)
+    d = splits.train.shape[1]
+    device, dtype = resolve_device(config.device), DTYPES[config.dtype]
+    torch.manual_seed(config.seed)
+    flow = make_flow(config, splits).to(device=device, dtype=dtype)
+    train, valid, test = (
+        x.to(device=device, dtype=dtype) for x in (splits.train, splits.valid, splits.test)
+    )
+    augment = None
+    if splits.levels is not None:  # uniform dequantization: a fresh u ~ U[0, 1)^D per batch
+        augment = data.dequantize
+        valid, test = (
+            _dequantize_fixed(x, config.seed + i) for i, x in enumerate((valid, test), 1)
+        )
+    for name, x in (("training", train), ("validation", valid), ("test", test)):
+        check_data(x, d, f"{name} data")
+    write_json(directory / CONFIG, asdict(config) | _provenance(splits, device))
+    trace, stopper = fit_density(
+        flow,
+        train,
+        valid,
+        iters=config.iters,
+        batch_size=config.batch_size,
+        lr=config.lr,
+        optimizer=config.optimizer,
+        valid_every=config.valid_every,
+        patience=config.patience,
+        augment=augment,
+        directory=directory,
+        resume=resume,
+        checkpoint_every=config.checkpoint_every,
+        progress=progress,
+    )
+    save(flow, directory)
+    _write_trace(directory / "trace.csv", trace, stopper.trace)
+    flow.eval()
+    metrics = _metrics(flow, test, splits, trace, stopper)
+    write_json(directory / "metrics.json", metrics)
+    if splits.image_shape is not None:
+        image_grid(flow, directory / "samples.png", levels=splits.levels, shape=splits.image_shape)
+    elif d == 2:
+        density_figure(
+            splits.test, flow, directory / "density.png", title=_caption(config, metrics)
+        )
+    return metrics
+
+
+def _dequantize_fixed(x: Tensor, seed: int) -> Tensor:
+    """Held-out pixels dequantized once, reproducibly: ``x + u``, ``u ~ U[0, 1)``."""
+    u = torch.rand(x.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return x + u.to(x)
+
+
+def _provenance(splits: Splits, device: torch.device) -> dict[str, Any]:
+    return {
+        "d": splits.train.shape[1],
+        "n": {"train": len(splits.train), "valid": len(splits.valid), "test": len(splits.test)},
+        "levels": splits.levels,
+        "image_shape": splits.image_shape,
+        "resolved_device": str(device),
+        "versions": {
+            "flowvi": flowvi.__version__,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+        },
+    }
+
+
+@torch.no_grad()
+def _metrics(flow, test: Tensor, splits: Splits, trace: Tensor, stopper) -> dict[str, Any]:
+    log_q = torch.cat([flow.log_prob(chunk) for chunk in test.split(10_000)]).double()
+    d = test.shape[1]
+    nll = float(-log_q.mean())
+    se = float(log_q.std() / math.sqrt(len(log_q))) if len(log_q) > 1 else math.nan
+    done = int((~torch.isnan(trace)).sum())
+    metrics = {
+        "test_nll": nll,
+        "test_nll_se": se,
+        "test_nll_per_dim": nll / d,
+        "valid_nll": stopper.best,
+        "best_iteration": stopper.best_iteration,
+        "iterations": done,
+        "stopped_early": stopper.stopped,
+        "units": "nats per example (per_dim: nats per dimension), in data units",
+    }
+    if splits.levels is not None:
+        metrics["test_bits_per_dim"] = float(
+            data.bits_per_dim(torch.tensor(nll, dtype=torch.float64), d)
+        )
+        metrics["units"] = (
+            f"nats per image of dequantized pixels in [0, {splits.levels}); bits_per_dim "
+            "bounds the discrete data's -log2 p per pixel"
+        )
+    return metrics
+
+
+def _caption(config: DensityConfig, metrics: dict[str, Any]) -> str:
+    return (
+        f"{config.data}, {config.flow} K={config.length}: test NLL {metrics['test_nll']:.3f} nats"
+    )
+
+
+def _write_trace(path: Path, trace: Tensor, valid: list[tuple[int, float]]) -> None:
+    at = {t - 1: value for t, value in valid}
+    buffer = _io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["iteration", "train_nll", "valid_nll"])
+    for t, value in enumerate(trace.tolist()):
+        if not math.isnan(value):
+            writer.writerow([t, f"{value:.6g}", f"{at[t]:.6g}" if t in at else ""])
+    text = buffer.getvalue()
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def resume_density_config(directory: str | Path, **overrides: Any) -> DensityConfig:
+    """The :class:`DensityConfig` saved in a run directory, with ``overrides`` (e.g. ``iters``)."""
+    saved = read_json(Path(directory) / CONFIG)
+    known = {f.name for f in fields(DensityConfig)}
+    values = {k: v for k, v in saved.items() if k in known}
+    values["hidden"] = tuple(values.get("hidden", DensityConfig.hidden))
+    return replace(DensityConfig(**values), **{k: v for k, v in overrides.items() if v is not None})
+
+
+def load_density(directory: str | Path) -> tuple[NormalizingFlow, dict[str, Any]]:
+    """``(flow, metrics)`` of a finished run; ``flow.log_prob`` takes data in data units."""
+    return load(directory), read_json(Path(directory) / "metrics.json")
