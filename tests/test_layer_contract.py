@@ -45,6 +45,14 @@ def _extreme(name, d, value):
     the code, limits what float64 can recover)."""
     layer = LAYERS[name](d).double()
     big = torch.exp(torch.tensor(value / 3))
+    sylvester = {  # r_ii = tanh(±30) = ±1, r̃_ii = ∓1: r_ii r̃_ii rounds to -1 (exact: -1 + 4e-26);
+        # Q from raw matrices scaled by ±30 (Q depends only on their directions)
+        "q": value * (torch.eye(d) + 0.5 * torch.triu(torch.ones(d, d), 1)),
+        "v": value * torch.cos(torch.arange(4.0 * d).reshape(4, d) + 1),
+        "r": torch.full((d, d), 0.5) + torch.eye(d) * (value - 0.5),
+        "r_tilde_diag": torch.full((d,), -value),
+        "b": torch.full((d,), value / 10),
+    }
     raw = {
         "planar": {
             "u": torch.full((d,), -value),
@@ -67,6 +75,9 @@ def _extreme(name, d, value):
             "log_diag": torch.full((d,), value / 3),
             "bias": torch.ones(d),
         },
+        "sylvester-o": sylvester,
+        "sylvester-h": sylvester,
+        "sylvester-t": sylvester,
     }.get(name)
     with torch.no_grad():
         for key, p in layer.named_parameters():

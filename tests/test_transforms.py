@@ -83,6 +83,23 @@ def _extreme_raws(name, d):
             {"lower": m, "upper": 30 * m, "log_diag": 30 * ones, "bias": 30 * ones},
             {"lower": m, "upper": 1e-13 * m, "log_diag": -30 * ones, "bias": 0 * ones},
         ]
+    if name.startswith("sylvester"):
+        # r_ii r̃_ii = tanh(±30) tanh(∓30) rounds to -1 (exactly, 1 + r_ii r̃_ii ≈ 4e-26) or is
+        # +1; Q from raw matrices scaled far up or down (Q depends only on their directions)
+        q = torch.randn(d, d, generator=g, dtype=F64)
+        v = torch.randn(4, d, generator=g, dtype=F64)
+        eye = torch.eye(d, dtype=F64)
+        off = torch.randn(d, d, generator=g, dtype=F64) * (1 - eye)
+        basis = {"sylvester-o": {"q": q}, "sylvester-h": {"v": v}, "sylvester-t": {}}[name]
+        return [
+            {
+                **{key: k * value for key, value in basis.items()},
+                "r": off + rho * eye,
+                "r_tilde_diag": rho_tilde * ones,
+                "b": b * ones,
+            }
+            for k, rho, rho_tilde, b in [(30, 30, -30, 3), (1e-30, -30, 30, -3), (-1, 30, 30, 0)]
+        ]
     raise AssertionError(f"no extreme parameters written for layer {name}")
 
 
@@ -210,6 +227,8 @@ def test_every_parameter_gets_a_gradient(name, d):
 def _used_entries(key, p):
     """The raw entries a layer reads: the linear maps ignore part of their square matrices."""
     ones = torch.ones_like(p, dtype=torch.bool)
+    if (key == "q" and p.shape[-2] == 1) or (key == "v" and p.shape[-1] == 1):
+        return ~ones  # Sylvester's Q in one dimension is ±1, a constant
     if key == "matrix":
         return torch.tril(ones)
     if key == "lower":
