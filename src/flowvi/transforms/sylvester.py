@@ -122,7 +122,7 @@ class SylvesterTransform(Transform):
     r"""Sylvester map :math:`f(z) = z + Q R\, h(\tilde R Q^\top z + b)`, :math:`h = \tanh`.
 
     ``Q`` has orthonormal columns; :math:`R, \tilde R` are upper triangular. By Sylvester's
-    determinant identity (van den Berg et al. 2018, Theorem 2 and Eq. 13),
+    determinant identity (van den Berg et al. 2018, Section 2),
 
     .. math:: \ln|\det J| = \sum_{i=1}^M \ln\left|1 + r_{ii} \tilde r_{ii}\, h'(a_i)\right|,
         \quad a = \tilde R Q^\top z + b,
@@ -140,7 +140,7 @@ class SylvesterTransform(Transform):
     Jacobian factor :math:`1 + c_i(1 - t_i^2) = s_i - c_i t_i^2 > 0`, :math:`t = \tanh(a)`:
     every raw value gives an invertible map, and ``ladj`` stays finite and exact.
 
-    The inverse has no closed form but is exact (van den Berg et al. give none; this is ours):
+    The inverse (which the paper, sampling only, does not use) has no closed form but is exact:
     :math:`y - z \in \mathrm{span}(Q)`, so with :math:`v = Q^\top z` the map on the span is
     :math:`v + R\,h(\tilde R v + b) = Q^\top y`, upper triangular in ``v``; it is solved from the
     last coordinate to the first, each a scalar increasing equation (safeguarded Newton, see
