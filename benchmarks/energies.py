@@ -25,17 +25,15 @@ already there are skipped, so an interrupted run resumes where it stopped. A run
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
 import platform
-import statistics
 import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import torch
+from _common import finite, fmt, load_records, median, one_thread, save_records
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -199,13 +197,6 @@ def versions(library: str) -> dict:
     return out
 
 
-def finite(record: dict) -> dict:
-    """NaN and ±inf as ``None``, so that the JSON is strict."""
-    return {
-        k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in record.items()
-    }
-
-
 # ----------------------------------------------------------------------------- records
 
 
@@ -217,35 +208,7 @@ def key(record: dict) -> tuple:
     return (record["library"], record["target"], record["K"], record["seed"], *settings)
 
 
-def load_records(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    records = json.loads(path.read_text())
-    if not isinstance(records, list):
-        raise ValueError(f"{path} does not hold a list of benchmark records")
-    return records
-
-
-def save_records(path: Path, records: list[dict]) -> None:
-    """Write atomically: an interrupted write leaves the previous file intact."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(records, indent=1, allow_nan=False) + "\n")
-    os.replace(tmp, path)
-
-
 # ----------------------------------------------------------------------------- table
-
-
-def _median(group: list[dict], field: str) -> float:
-    values = [r[field] for r in group if r.get(field) is not None and math.isfinite(r[field])]
-    return statistics.median(values) if values else math.nan
-
-
-def _fmt(value: float, spec: str) -> str:
-    """``value`` formatted by ``spec`` (which may end in a unit), or "n/a" for NaN."""
-    spec, unit = spec.rstrip("×"), spec[len(spec.rstrip("×")) :]
-    return "n/a" if math.isnan(value) else format(value, spec) + unit
 
 
 def table(records: list[dict]) -> str:
@@ -262,17 +225,17 @@ def table(records: list[dict]) -> str:
         mine, theirs = (
             [r for r in cell if r["library"] == lib and not r.get("error")] for lib in LIBRARIES
         )
-        ms_mine, ms_theirs = _median(mine, "ms_per_iter"), _median(theirs, "ms_per_iter")
+        ms_mine, ms_theirs = median(mine, "ms_per_iter"), median(theirs, "ms_per_iter")
         seeds = f"{len(mine)}" if len(mine) == len(theirs) else f"{len(mine)}/{len(theirs)}"
         rows.append(
-            f"| {name} | {K} | {_fmt(_median(mine, 'kl'), '.3f')} "
-            f"| {_fmt(_median(theirs, 'kl'), '.3f')} "
-            f"| {_fmt(ms_mine, '.2f')} | {_fmt(ms_theirs, '.2f')} "
-            f"| {_fmt(ms_theirs / ms_mine, '.2f×')} "
-            f"| {_fmt(_median(mine, 'free_energy'), '.3f')} "
-            f"| {_fmt(_median(theirs, 'free_energy'), '.3f')} "
-            f"| {_fmt(_median(mine, 'total_s'), '.1f')} "
-            f"| {_fmt(_median(theirs, 'total_s'), '.1f')} "
+            f"| {name} | {K} | {fmt(median(mine, 'kl'), '.3f')} "
+            f"| {fmt(median(theirs, 'kl'), '.3f')} "
+            f"| {fmt(ms_mine, '.2f')} | {fmt(ms_theirs, '.2f')} "
+            f"| {fmt(ms_theirs / ms_mine, '.2f×')} "
+            f"| {fmt(median(mine, 'free_energy'), '.3f')} "
+            f"| {fmt(median(theirs, 'free_energy'), '.3f')} "
+            f"| {fmt(median(mine, 'total_s'), '.1f')} "
+            f"| {fmt(median(theirs, 'total_s'), '.1f')} "
             f"| {seeds} |"
         )
     if records:
@@ -342,11 +305,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    torch.set_num_threads(1)
-    try:
-        torch.set_num_interop_threads(1)
-    except RuntimeError:  # already set, or parallel work has started
-        pass
+    one_thread()
 
     records = load_records(args.out)
     done = {key(r) for r in records}

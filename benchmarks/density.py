@@ -1,0 +1,636 @@
+"""Benchmark: maximum-likelihood density estimation, flowvi beside zuko, nflows and normflows.
+
+Every library fits RealNVP, MAF and NSF (rational-quadratic spline coupling) of matched size to
+the same standardized data, with the same budget, and every fitted model is scored by the same
+code. Data sets:
+
+- ``moons``: scikit-learn's two moons (noise 0.05), 20,000 training points (seed 0) and 5,000
+  independent test points (seed 1); d = 2.
+- ``breast_cancer``: scikit-learn's breast-cancer features (569 × 30, shipped with
+  scikit-learn), split 80/20 (455 / 114) by a fixed permutation (seed 0); d = 30. Its test NLL
+  is noisy (114 points) and shows over-fitting, as no library here early-stops.
+
+Matched models (``--layers`` K, ``--hidden`` sizes; defaults K = 5, two hidden layers of 64):
+
+- conditioners: ReLU MLPs of the same hidden sizes (couplings: from the |A| conditioning
+  coordinates to the parameters of the |B| others; MAF: a MADE of the same hidden sizes, built
+  by each library), each library's own MLP/MADE class and initialization;
+- RealNVP: affine couplings with each library's own scale map; NSF: rational-quadratic spline
+  couplings, 8 bins on [-3, 3] with linear (identity) tails, no transform of the conditioning
+  half; MAF: affine MADE layers, one pass for the density, d passes to sample;
+- between layers, each library's usual alternation: flowvi swaps the two halves of its
+  coupling split and alternates MAF's order natural/reverse; zuko and nflows alternate
+  checkered coupling masks, zuko alternates MAF orders and nflows reverses the features
+  between MAF layers; normflows swaps halves (``Permute(d, "swap")``) after every layer;
+- a fixed standard normal base.
+
+normflows' ``MaskedAffineAutoregressive`` is fast in its sampling direction (its density takes
+d passes); it is wrapped in ``normflows.flows.Reverse`` so that, like the others, it evaluates
+the density in one pass. Its spline coupling is normflows' ``PiecewiseRationalQuadraticCoupling``
+with the matched MLP (its ``CoupledRationalQuadraticSpline`` wrapper fixes a residual network).
+
+Training: Adam (lr 1e-3), minibatches drawn uniformly with replacement, loss = -mean log q,
+the same number of steps for all, no validation split (the final model is scored). flowvi is
+trained by ``flowvi.density.fit_density`` (its one training loop: fused Adam and a NaN guard
+with one host sync per step); the peers, which ship no training loop, by the plain loop
+``batch -> loss = -log_prob(batch).mean() -> backward -> step`` with the same fused Adam
+(``torch.optim.Adam(fused=True)``). The data are standardized with the training set's mean and
+standard deviation; NLL is reported in data units, -mean ln p(x) = -mean ln q(y) + Σ ln σ.
+
+Timings, one thread each (``torch.set_num_threads(1)``), after an untimed warm-up (20 steps of
+each library × data set × flow before its first timed run): ms/step = training loop wall time
+÷ steps; samples/s = ``--samples`` draws under ``torch.no_grad()``; log_prob/s = log density of
+``--eval-points`` test points (the test set, repeated to that many rows for breast_cancer),
+each the median of ``--repeats`` timed calls after one untimed call.
+
+    pip install -e ".[bench]"
+    python benchmarks/density.py --markdown          # 2 data sets × 3 flows × 4 libraries × 3 seeds
+    python benchmarks/density.py --smoke --markdown  # every combination for 20 steps, a minute
+
+Results go to a JSON file, one record per library × data set × flow × seed (and settings);
+records already there are skipped, so an interrupted run resumes where it stopped. A fit that
+fails (e.g. flowvi's NaN guard) is recorded with its error and not retried; delete it to retry.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import torch
+from _common import finite, fmt, load_records, median, one_thread, save_records
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+import flowvi
+from flowvi.density import fit_density
+from flowvi.train import NonFiniteLossError
+
+LIBRARIES = ("flowvi", "zuko", "nflows", "normflows")
+FLOWS = ("realnvp", "maf", "nsf")
+BINS, BOUND = 8, 3.0  # flowvi's spline: 8 bins on [-3, 3] (flowvi.transforms.transformers.Spline)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A data set's default training budget."""
+
+    steps: int
+    batch_size: int
+    layers: int
+
+
+DATASETS = {
+    "moons": Budget(steps=5000, batch_size=256, layers=5),
+    "breast_cancer": Budget(steps=2000, batch_size=128, layers=5),
+}
+# the settings a record depends on besides (library, dataset, flow, seed)
+SETTINGS = ("steps", "batch_size", "layers", "hidden", "lr", "samples", "eval_points")
+WARMUP_STEPS = 20
+SMOKE_STEPS = 20
+
+
+# ----------------------------------------------------------------------------- data
+
+
+@dataclass(frozen=True)
+class Data:
+    """Standardized float32 training and test data, and Σ ln σ of the standardization."""
+
+    train: Tensor
+    test: Tensor
+    log_std_sum: float
+
+
+def load_data(name: str) -> Data:
+    """The data set ``name``, standardized with its training split's statistics."""
+    if name == "moons":
+        train = flowvi.data.toy("moons", 20_000, seed=0, noise=0.05, dtype=torch.float64)
+        test = flowvi.data.toy("moons", 5_000, seed=1, noise=0.05, dtype=torch.float64)
+    else:
+        from sklearn.datasets import load_breast_cancer
+
+        x = torch.from_numpy(load_breast_cancer().data).to(torch.float64)
+        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
+        cut = int(0.8 * len(x))
+        train, test = x[order[:cut]], x[order[cut:]]
+    stats = flowvi.data.Standardize.fit(train)
+    return Data(
+        train=stats(train).float(),
+        test=stats(test).float(),
+        log_std_sum=float(stats.log_std.sum()),
+    )
+
+
+# ----------------------------------------------------------------------------- models
+
+
+@dataclass
+class Model:
+    """A fitted or fresh model of any library: its module, log density and sampler."""
+
+    module: nn.Module
+    log_prob: Callable[[Tensor], Tensor]  # (n, d) -> (n,), nats
+    sample: Callable[[int], Tensor]  # n -> (n, d)
+
+
+def build_flowvi(flow: str, d: int, s: Budget, hidden: tuple[int, ...]) -> Model:
+    model = flowvi.flows.build(flow, d, length=s.layers, hidden=hidden)
+    return Model(model, model.log_prob, lambda n: model.sample((n,)))
+
+
+def build_zuko(flow: str, d: int, s: Budget, hidden: tuple[int, ...]) -> Model:
+    import zuko
+
+    if flow == "realnvp":
+        model = zuko.flows.RealNVP(d, transforms=s.layers, hidden_features=hidden)
+    elif flow == "maf":
+        model = zuko.flows.MAF(d, transforms=s.layers, hidden_features=hidden)
+    else:  # zuko.flows.NSF is autoregressive with bound 5: build its spline coupling by hand
+        spline = partial(zuko.transforms.MonotonicRQSTransform, bound=BOUND)
+        layers = [
+            zuko.flows.GeneralCouplingTransform(
+                d,
+                mask=torch.arange(d) % 2 == k % 2,  # zuko.flows.NICE's alternation
+                univariate=spline,
+                shapes=[(BINS,), (BINS,), (BINS - 1,)],
+                hidden_features=hidden,
+            )
+            for k in range(s.layers)
+        ]
+        base = zuko.lazy.UnconditionalDistribution(
+            zuko.distributions.DiagNormal, torch.zeros(d), torch.ones(d), buffer=True
+        )
+        model = zuko.lazy.Flow(layers, base)
+    return Model(model, lambda x: model().log_prob(x), lambda n: model().sample((n,)))
+
+
+class _DropContext(nn.Module):
+    """A peer's MLP called as ``net(x, context)`` by nflows-style couplings (context unused).
+
+    ``hidden_features`` is what those spline couplings read to scale down the bin logits at
+    initialization, as they do with their own residual networks.
+    """
+
+    def __init__(self, net: nn.Module, hidden_features: int) -> None:
+        super().__init__()
+        self.net, self.hidden_features = net, hidden_features
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        return self.net(x)
+
+
+def build_nflows(flow: str, d: int, s: Budget, hidden: tuple[int, ...]) -> Model:
+    from nflows.distributions import StandardNormal
+    from nflows.flows import Flow
+    from nflows.nn.nets import MLP
+    from nflows.transforms import (
+        AffineCouplingTransform,
+        CompositeTransform,
+        MaskedAffineAutoregressiveTransform,
+        PiecewiseRationalQuadraticCouplingTransform,
+        ReversePermutation,
+    )
+    from nflows.utils import create_alternating_binary_mask
+
+    def net(n_in: int, n_out: int) -> nn.Module:
+        return _DropContext(MLP((n_in,), (n_out,), list(hidden)), hidden[-1])
+
+    layers: list[nn.Module] = []
+    for k in range(s.layers):
+        mask = create_alternating_binary_mask(d, even=k % 2 == 0)
+        if flow == "realnvp":
+            layers.append(AffineCouplingTransform(mask, net))
+        elif flow == "nsf":
+            layers.append(
+                PiecewiseRationalQuadraticCouplingTransform(
+                    mask, net, num_bins=BINS, tails="linear", tail_bound=BOUND
+                )
+            )
+        else:  # a MADE with len(hidden) hidden layers: an input layer and len(hidden) - 1 blocks
+            layers.append(
+                MaskedAffineAutoregressiveTransform(
+                    d, hidden[0], num_blocks=len(hidden) - 1, use_residual_blocks=False
+                )
+            )
+            if k + 1 < s.layers:
+                layers.append(ReversePermutation(d))
+    model = Flow(CompositeTransform(layers), StandardNormal([d]))
+    return Model(model, model.log_prob, model.sample)
+
+
+def build_normflows(flow: str, d: int, s: Budget, hidden: tuple[int, ...]) -> Model:
+    import normflows as nf
+    from normflows.flows.neural_spline.coupling import PiecewiseRationalQuadraticCoupling
+    from normflows.utils.masks import create_alternating_binary_mask
+
+    class SplineCoupling(nf.flows.Flow):
+        """normflows' spline coupling in its base → data orientation (as its wrapper does)."""
+
+        def __init__(self, *, even: bool) -> None:
+            super().__init__()
+            self.prqct = PiecewiseRationalQuadraticCoupling(
+                mask=create_alternating_binary_mask(d, even=even),
+                transform_net_create_fn=lambda n_in, n_out: _DropContext(
+                    nf.nets.MLP([n_in, *hidden, n_out]), hidden[-1]
+                ),
+                num_bins=BINS,
+                tails="linear",
+                tail_bound=BOUND,
+            )
+
+        def forward(self, z):
+            z, log_det = self.prqct.inverse(z)
+            return z, log_det.view(-1)
+
+        def inverse(self, z):
+            z, log_det = self.prqct(z)
+            return z, log_det.view(-1)
+
+    layers: list[nn.Module] = []
+    for k in range(s.layers):
+        if flow == "realnvp":  # normflows' README: zero-initialized MLP, exp scale, halves
+            n_a = (d + 1) // 2  # its split: torch.chunk(2), the larger half first
+            mlp = nf.nets.MLP([n_a, *hidden, 2 * (d - n_a)], init_zeros=True)
+            layers.append(nf.flows.AffineCouplingBlock(mlp))
+        elif flow == "nsf":
+            layers.append(SplineCoupling(even=k % 2 == 0))
+        else:
+            made = nf.flows.MaskedAffineAutoregressive(
+                d, hidden[0], num_blocks=len(hidden) - 1, use_residual_blocks=False
+            )
+            layers.append(nf.flows.Reverse(made))  # density in one pass (see the docstring)
+        if flow != "nsf":
+            layers.append(nf.flows.Permute(d, mode="swap"))
+    model = nf.NormalizingFlow(nf.distributions.DiagGaussian(d, trainable=False), layers)
+    return Model(model, model.log_prob, lambda n: model.sample(n)[0])
+
+
+BUILDERS = {
+    "flowvi": build_flowvi,
+    "zuko": build_zuko,
+    "nflows": build_nflows,
+    "normflows": build_normflows,
+}
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def train_flowvi(model: Model, x: Tensor, steps: int, batch_size: int, lr: float) -> float:
+    """``flowvi.density.fit_density``; returns the loop's wall time in seconds."""
+    start = time.perf_counter()
+    fit_density(model.module, x, iters=steps, batch_size=batch_size, lr=lr, progress=False)
+    return time.perf_counter() - start
+
+
+def train_plain(model: Model, x: Tensor, steps: int, batch_size: int, lr: float) -> float:
+    """The plain maximum-likelihood loop with fused Adam; returns its wall time in seconds."""
+    params = [p for p in model.module.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=lr, fused=True)
+    n = len(x)
+    start = time.perf_counter()
+    for _ in range(steps):
+        batch = x[torch.randint(n, (batch_size,))]
+        loss = -model.log_prob(batch).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return time.perf_counter() - start
+
+
+def trainer(library: str):
+    return train_flowvi if library == "flowvi" else train_plain
+
+
+def per_second(fn: Callable[[], object], count: int, repeats: int) -> float:
+    """``count`` ÷ the median wall time of ``repeats`` calls of ``fn`` (after one untimed)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return count / statistics.median(times)
+
+
+@torch.no_grad()
+def test_nll(model: Model, x: Tensor, log_std_sum: float) -> float:
+    """Mean negative log-likelihood in data units (nats per example)."""
+    total = sum(-model.log_prob(chunk).double().sum() for chunk in x.split(10_000))
+    return float(total) / len(x) + log_std_sum
+
+
+def run(library: str, dataset: str, flow: str, seed: int, s: argparse.Namespace) -> dict:
+    """One record: build, train, score, time sampling and log_prob."""
+    start = time.perf_counter()
+    settings = resolve(dataset, s)
+    record = {"library": library, "dataset": dataset, "flow": flow, "seed": seed, **settings}
+    data = DATA[dataset]
+    d = data.train.shape[1]
+    budget = Budget(settings["steps"], settings["batch_size"], settings["layers"])
+    torch.manual_seed(seed)
+    model = BUILDERS[library](flow, d, budget, tuple(settings["hidden"]))
+    n_params = sum(p.numel() for p in model.module.parameters() if p.requires_grad)
+    load_before = os.getloadavg()[0]
+    try:
+        train_s = trainer(library)(model, data.train, budget.steps, budget.batch_size, s.lr)
+    except NonFiniteLossError as error:
+        return record | {"error": str(error), "n_params": n_params}
+    model.module.eval()
+    out = {
+        "test_nll": test_nll(model, data.test, data.log_std_sum),
+        "train_nll": test_nll(model, data.train, data.log_std_sum),
+        "ms_per_step": 1000 * train_s / budget.steps,
+        "train_s": train_s,
+        "n_params": n_params,
+    }
+    points = data.test.repeat(math.ceil(s.eval_points / len(data.test)), 1)[: s.eval_points]
+    with torch.no_grad():
+        out["log_prob_per_s"] = per_second(lambda: model.log_prob(points), len(points), s.repeats)
+        try:
+            out["samples_per_s"] = per_second(lambda: model.sample(s.samples), s.samples, s.repeats)
+        except (AssertionError, RuntimeError, ValueError) as error:  # e.g. nflows' spline asserts
+            out["sample_error"] = f"{type(error).__name__}: {error}"
+    out["load_avg"] = [load_before, os.getloadavg()[0]]
+    out["total_s"] = time.perf_counter() - start
+    return finite(
+        record | out | {"threads": torch.get_num_threads(), "versions": versions(library)}
+    )
+
+
+def warm_up(library: str, dataset: str, flow: str, s: argparse.Namespace) -> None:
+    """A few steps untimed, so that one-time costs (lazy imports, allocator, first calls of each
+    kernel) stay out of the first timed run."""
+    settings = resolve(dataset, s)
+    data = DATA[dataset]
+    budget = Budget(WARMUP_STEPS, settings["batch_size"], settings["layers"])
+    torch.manual_seed(0)
+    model = BUILDERS[library](flow, data.train.shape[1], budget, tuple(settings["hidden"]))
+    try:
+        trainer(library)(model, data.train, WARMUP_STEPS, budget.batch_size, s.lr)
+    except NonFiniteLossError:
+        pass
+
+
+def versions(library: str) -> dict:
+    out = {"torch": torch.__version__, "python": platform.python_version()}
+    if library == "flowvi":
+        out["flowvi"] = flowvi.__version__
+        out["flowvi_commit"] = _git_commit()
+    else:
+        out[library] = importlib.metadata.version(library)
+    return out
+
+
+def _git_commit() -> str | None:
+    """The repository's commit, with "+dirty" when src/ has uncommitted changes."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "src"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return commit + ("+dirty" if dirty else "")
+
+
+DATA: dict[str, Data] = {}
+
+
+# ----------------------------------------------------------------------------- records
+
+
+def resolve(dataset: str, s: argparse.Namespace) -> dict:
+    """The settings of a run on ``dataset``: the command line's, else the data set's budget."""
+    budget = DATASETS[dataset]
+    return {
+        "steps": s.steps or budget.steps,
+        "batch_size": s.batch_size or budget.batch_size,
+        "layers": s.layers or budget.layers,
+        "hidden": list(s.hidden),
+        "lr": s.lr,
+        "samples": s.samples,
+        "eval_points": s.eval_points,
+    }
+
+
+def key(record: dict) -> tuple:
+    settings = tuple(tuple(v) if isinstance(v := record[name], list) else v for name in SETTINGS)
+    return (record["library"], record["dataset"], record["flow"], record["seed"], *settings)
+
+
+# ----------------------------------------------------------------------------- tables
+
+
+def _spread(group: list[dict], field: str) -> str:
+    values = [r[field] for r in group if r.get(field) is not None]
+    if len(values) < 2:
+        return ""
+    return f" ({min(values):.2f}–{max(values):.2f})"
+
+
+def table(records: list[dict], dataset: str) -> str:
+    """Markdown tables for one data set: every library × flow, then the goals per flow."""
+    mine = [r for r in records if r["dataset"] == dataset]
+    if not mine:
+        return ""
+    r0 = mine[0]
+    rows = [
+        f"**{dataset}** — {r0['steps']} steps of {r0['batch_size']}, {r0['layers']} layers, "
+        f"hidden {tuple(r0['hidden'])}, Adam lr {r0['lr']}",
+        "",
+        "| flow | library | test NLL (min–max) | train NLL | ms/step | ÷ flowvi | samples/s "
+        "| log_prob/s | params | seeds |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    goals = [
+        "| flow | flowvi NLL | best peer NLL | NLL ≤ best peer | flowvi ms/step "
+        "| fastest peer ms/step | speed-up | ≥ 1.5× |",
+        "|---|---:|---:|:---:|---:|---:|---:|:---:|",
+    ]
+    notes = []
+    for flow in [f for f in FLOWS if any(r["flow"] == f for r in mine)]:
+        cell = {
+            lib: [r for r in mine if r["flow"] == flow and r["library"] == lib] for lib in LIBRARIES
+        }
+        ok = {lib: [r for r in group if not r.get("error")] for lib, group in cell.items()}
+        ms_flowvi = median(ok["flowvi"], "ms_per_step")
+        for lib in LIBRARIES:
+            if not cell[lib]:
+                continue
+            group = ok[lib]
+            ms = median(group, "ms_per_step")
+            n_params = group[0]["n_params"] if group else cell[lib][0].get("n_params")
+            rows.append(
+                f"| {flow} | {lib} | {fmt(median(group, 'test_nll'), '.3f')}"
+                f"{_spread(group, 'test_nll')} | {fmt(median(group, 'train_nll'), '.3f')} "
+                f"| {fmt(ms, '.2f')} | {fmt(ms / ms_flowvi, '.2f×')} "
+                f"| {fmt(median(group, 'samples_per_s'), ',.0f')} "
+                f"| {fmt(median(group, 'log_prob_per_s'), ',.0f')} | {n_params:,} "
+                f"| {len(group)}/{len(cell[lib])} |"
+            )
+            for r in cell[lib]:
+                if r.get("error") or r.get("sample_error") or r.get("test_nll") is None:
+                    why = r.get("error") or r.get("sample_error") or "non-finite test NLL"
+                    notes.append(f"- {lib} {flow} seed {r['seed']}: {why[:200]}")
+        peers = [lib for lib in LIBRARIES if lib != "flowvi" and ok[lib]]
+        if ok["flowvi"] and peers:
+            nll = median(ok["flowvi"], "test_nll")
+            best = min(peers, key=lambda lib: _nan_last(median(ok[lib], "test_nll")))
+            fast = min(peers, key=lambda lib: _nan_last(median(ok[lib], "ms_per_step")))
+            best_nll, fast_ms = median(ok[best], "test_nll"), median(ok[fast], "ms_per_step")
+            goals.append(
+                f"| {flow} | {fmt(nll, '.3f')} | {fmt(best_nll, '.3f')} ({best}) "
+                f"| {'yes' if nll <= best_nll else 'no'} | {fmt(ms_flowvi, '.2f')} "
+                f"| {fmt(fast_ms, '.2f')} ({fast}) | {fmt(fast_ms / ms_flowvi, '.2f×')} "
+                f"| {'yes' if fast_ms / ms_flowvi >= 1.5 else 'no'} |"
+            )
+    if len(goals) == 2:  # no flow with both flowvi and a peer
+        goals = []
+    return "\n".join([*rows, *([""] if goals else []), *goals, *([""] if notes else []), *notes])
+
+
+def _nan_last(value: float) -> float:
+    return math.inf if math.isnan(value) else value
+
+
+def tables(records: list[dict]) -> str:
+    out = [table(records, name) for name in DATASETS]
+    out = [t for t in out if t]
+    if out:
+        out.append(
+            "NLL: -mean ln p(x) of the test (train) data in nats per example, in data units, "
+            "medians over seeds (min–max); ms/step: training loop wall time ÷ steps, one "
+            "thread; ÷ flowvi: ms/step over flowvi's; samples/s and log_prob/s: medians of "
+            "timed calls under no_grad; params: trainable parameters; seeds: successful/run. "
+            "speed-up: fastest peer's ms/step ÷ flowvi's."
+        )
+    return "\n\n".join(out)
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
+    parser.add_argument("--flows", nargs="+", default=list(FLOWS), choices=FLOWS)
+    parser.add_argument("--libraries", nargs="+", default=list(LIBRARIES), choices=LIBRARIES)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument(
+        "--steps", type=int, help="training steps (default: moons 5000, breast_cancer 2000)"
+    )
+    parser.add_argument("--batch-size", type=int, help="default: moons 256, breast_cancer 128")
+    parser.add_argument("--layers", type=int, help="flow layers K (default 5)")
+    parser.add_argument("--hidden", type=int, nargs="+", default=[64, 64])
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--samples", type=int, default=10_000, help="samples per timed draw")
+    parser.add_argument(
+        "--eval-points", type=int, default=5_000, help="test points per timed log_prob"
+    )
+    parser.add_argument("--repeats", type=int, default=3, help="timed calls per throughput")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help=f"every combination for {SMOKE_STEPS} steps, one seed, results in a temporary file",
+    )
+    parser.add_argument("--out", type=Path, help="default: benchmarks/results/density.json")
+    parser.add_argument("--markdown", action="store_true", help="print the tables of medians")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.steps = args.steps or SMOKE_STEPS
+        args.seeds, args.samples, args.eval_points, args.repeats = [0], 500, 500, 1
+        args.out = args.out or Path(tempfile.gettempdir()) / "flowvi-density-smoke.json"
+    args.out = args.out or Path("benchmarks/results/density.json")
+    for name in ("steps", "batch_size", "layers"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be a positive integer")
+    for name in ("samples", "eval_points", "repeats"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be a positive integer")
+    if any(h < 1 for h in args.hidden) or not args.lr > 0:
+        parser.error("--hidden sizes and --lr must be positive")
+    if "maf" in args.flows and len(set(args.hidden)) > 1:
+        parser.error("MAF: nflows' and normflows' MADE need equal --hidden sizes")
+    for lib in args.libraries:
+        if lib != "flowvi":
+            try:
+                __import__(lib)
+            except ImportError:
+                parser.error(
+                    f'{lib} is not installed: pip install -e ".[bench]", or --libraries flowvi'
+                )
+    return args
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    one_thread()
+    for name in args.datasets:
+        DATA[name] = load_data(name)
+
+    records = load_records(args.out)
+    done = {key(r) for r in records}
+    combos = [
+        (lib, name, flow, seed)
+        for name in args.datasets
+        for flow in args.flows
+        for seed in args.seeds
+        for lib in args.libraries
+    ]
+
+    def wanted(lib: str, name: str, flow: str, seed: int) -> tuple:
+        return key(
+            {"library": lib, "dataset": name, "flow": flow, "seed": seed, **resolve(name, args)}
+        )
+
+    todo = [combo for combo in combos if wanted(*combo) not in done]
+    if len(todo) < len(combos):
+        print(f"{args.out}: skipping records already there, {len(todo)} to run", file=sys.stderr)
+    warm = set()
+    bar = tqdm(todo, desc="density", unit="run", disable=not todo)
+    for lib, name, flow, seed in bar:
+        bar.set_postfix_str(f"{lib} {name} {flow} seed={seed}")
+        if (lib, name, flow) not in warm:
+            warm_up(lib, name, flow, args)
+            warm.add((lib, name, flow))
+        record = run(lib, name, flow, seed, args)
+        records.append(record)
+        save_records(args.out, records)
+        if record.get("error") or record.get("sample_error"):
+            why = record.get("error") or record.get("sample_error")
+            tqdm.write(f"{lib} {name} {flow} seed {seed}: {why}")
+
+    if args.markdown:
+        keys = {wanted(*combo) for combo in combos}
+        print(tables([r for r in records if key(r) in keys]))
+
+
+if __name__ == "__main__":
+    main()
