@@ -6,10 +6,11 @@ import importlib
 
 from flowvi._checks import check_choice
 from flowvi.targets.base import FunctionTarget, Target
+from flowvi.targets.bayes import EightSchools, LogisticRegression
 from flowvi.targets.energies import ENERGIES, Energy, box_penalty
 from flowvi.targets.simple import Banana, Gaussian, GaussianMixture
 
-NAMES = [*ENERGIES, "gaussian", "mixture", "banana"]
+NAMES = [*ENERGIES, "gaussian", "mixture", "banana", "eight-schools", "logistic-regression"]
 
 
 def get(name: str, *, dim: int | None = None, confine: bool | None = None) -> Target:
@@ -17,7 +18,9 @@ def get(name: str, *, dim: int | None = None, confine: bool | None = None) -> Ta
 
     Args:
         name: ``U1``–``U4`` (Rezende & Mohamed 2015, Table 1), ``gaussian``, ``mixture``,
-            ``banana``, or ``"package.module:function"`` for a function mapping ``z: (batch, d)``
+            ``banana``, ``eight-schools`` (non-centered, d = 10), ``logistic-regression``
+            (breast_cancer, d = 31; see :mod:`flowvi.targets.bayes`), or
+            ``"package.module:function"`` for a function mapping ``z: (batch, d)``
             to an unnormalized log density ``(batch,)`` in nats.
         dim: required for a user's function; for a built-in target it must equal its dimension
             (``gaussian`` accepts any ``dim``, default 2).
@@ -38,6 +41,10 @@ def get(name: str, *, dim: int | None = None, confine: bool | None = None) -> Ta
         target = Gaussian.default(2 if dim is None else dim)
     elif name == "mixture":
         target = GaussianMixture()
+    elif name == "eight-schools":
+        target = EightSchools()
+    elif name == "logistic-regression":
+        target = LogisticRegression.breast_cancer()
     else:
         target = Banana()
     if dim is not None and dim != target.dim:
@@ -61,10 +68,12 @@ def _import(spec: str, dim: int | None) -> Target:
 __all__ = [
     "NAMES",
     "Banana",
+    "EightSchools",
     "Energy",
     "FunctionTarget",
     "Gaussian",
     "GaussianMixture",
+    "LogisticRegression",
     "Target",
     "box_penalty",
     "get",
