@@ -46,21 +46,75 @@ class MaskedLinear(nn.Linear):
         return nn.functional.linear(x, self.weight * self.mask, self.bias)
 
 
+DEGREES = ("cyclic", "random")
+
+
+def hidden_degrees(
+    d: int, sizes: Sequence[int], kind: str = "cyclic", generator: torch.Generator | None = None
+) -> list[Tensor]:
+    r"""MADE degrees :math:`m^l(k) \in \{1, \dots, d-1\}` of the hidden units, one tensor per layer.
+
+    A hidden unit of degree ``m`` may see the inputs of rank ``<= m`` in the order; an output of
+    rank ``r`` may see the hidden units of degree ``< r``. Units of degree ``d`` would reach no
+    output, hence the upper end ``d - 1`` (for ``d = 1`` every degree is 1 and the outputs are
+    constants).
+
+    - ``"cyclic"``: unit ``k`` gets ``k mod (d-1) + 1``, deterministic; every degree appears as
+      soon as a layer has ``d - 1`` units, so every permitted dependency is realised.
+    - ``"random"``: Germain et al. (2015, Section 4, deep MADE): each degree is drawn uniformly
+      from the integers ``min(previous layer's degrees) … d-1``, so no unit is left without input.
+      In addition, when a layer has at least as many units as that range has values, its first
+      units take each value once: a mask fixed for good (a flow layer) then loses no permitted
+      input-output dependency, which an unlucky draw could otherwise cut.
+
+    Args:
+        d: input dimension.
+        sizes: hidden layer sizes.
+        kind: ``"cyclic"`` or ``"random"``.
+        generator: the random source of ``"random"`` (default: torch's global generator).
+
+    Raises:
+        ValueError: for an unknown ``kind``.
+    """
+    if kind not in DEGREES:
+        raise ValueError(f"unknown MADE degrees {kind!r}; valid: {', '.join(DEGREES)}")
+    top = max(d - 1, 1)
+    degrees, low = [], 1
+    for size in sizes:
+        if kind == "cyclic":
+            degree = torch.arange(size) % top + 1
+        else:
+            degree = torch.randint(low, top + 1, (size,), generator=generator)
+            span = top + 1 - low
+            if size >= span:
+                degree[:span] = torch.arange(low, top + 1)
+            low = int(degree.min())
+        degrees.append(degree)
+    return degrees
+
+
 class MADE(nn.Module):
     r"""Masked autoencoder for distribution estimation (Germain et al. 2015).
 
     Maps ``x: (*batch, d)`` (and an optional ``context: (*batch, c)``, seen by every hidden
-    unit) to parameters ``(*batch, d, k)`` such that output ``i`` depends only on the inputs
-    that come before ``i`` in ``order``: the Jacobian of the parameters in ``x`` is strictly
-    triangular in that order. Hidden degrees cycle through ``1 … d-1`` (deterministic), so
-    every input influences the outputs after it.
+    unit of the first layer) to parameters ``(*batch, d, k)`` such that output ``i`` depends
+    only on the inputs that come before ``i`` in ``order``: the Jacobian of the parameters in
+    ``x`` is strictly triangular in that order. Input ``j`` gets degree ``rank(j) + 1``; the
+    masks follow Germain et al. (2015, Section 4, deep MADE): hidden unit of degree ``m`` sees
+    inputs and units of degree ``<= m``, output ``i`` sees units of degree ``< rank(i) + 1``. The
+    masks and the order are buffers, saved with the weights.
 
     Args:
         d: dimension.
         k: parameters per dimension.
-        hidden: hidden layer sizes (any number of layers, each >= 1).
+        hidden: hidden layer sizes (any number of layers, including none, each >= 1).
         order: a permutation of ``0 … d-1`` (the autoregressive order); default natural.
+        degrees: hidden-unit degrees, ``"cyclic"`` or ``"random"`` (see :func:`hidden_degrees`).
+        generator: the random source of ``degrees="random"`` (default: torch's global one).
         context_dim: size of the context, or ``None``.
+
+    Raises:
+        ValueError: if ``order`` is not a permutation of ``0 … d-1`` or ``degrees`` is unknown.
     """
 
     def __init__(
@@ -69,25 +123,27 @@ class MADE(nn.Module):
         k: int,
         hidden: Sequence[int] = (64, 64),
         *,
-        order: Sequence[int] | None = None,
+        order: Sequence[int] | Tensor | None = None,
+        degrees: str = "cyclic",
+        generator: torch.Generator | None = None,
         context_dim: int | None = None,
     ) -> None:
         super().__init__()
         self.d, self.k = d, k
-        order_t = torch.arange(d) if order is None else torch.as_tensor(list(order))
+        order_t = torch.arange(d) if order is None else torch.as_tensor(order).long().cpu()
+        if sorted(order_t.tolist()) != list(range(d)):
+            raise ValueError(f"order must be a permutation of 0..{d - 1}, got {order_t.tolist()}")
         degree_in = torch.empty(d, dtype=torch.long)
-        degree_in[order_t] = torch.arange(1, d + 1)  # rank of each input in the order
+        degree_in[order_t] = torch.arange(1, d + 1)  # rank of each input in the order, from 1
         self.register_buffer("order", order_t)
         c = context_dim or 0
-        degrees = [degree_in]
-        masks = []
-        for size in hidden:
-            degree = torch.arange(size) % max(d - 1, 1) + 1
-            masks.append(degree[:, None] >= degrees[-1][None, :])
-            degrees.append(degree)
+        layer_degrees = [degree_in, *hidden_degrees(d, hidden, degrees, generator)]
+        masks = [
+            after[:, None] >= before[None, :] for before, after in itertools.pairwise(layer_degrees)
+        ]
         out_degree = degree_in.repeat_interleave(k)
-        masks.append(out_degree[:, None] > degrees[-1][None, :])
-        # context columns connect to every hidden unit of the first layer
+        masks.append(out_degree[:, None] > layer_degrees[-1][None, :])
+        # context columns connect to every unit of the first layer
         masks[0] = torch.cat([masks[0], torch.ones(masks[0].shape[0], c, dtype=torch.bool)], 1)
         layers: list[nn.Module] = []
         for i, mask in enumerate(masks):

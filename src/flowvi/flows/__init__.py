@@ -8,16 +8,19 @@ from torch import nn
 
 from flowvi._checks import check_choice, check_dim
 from flowvi.distributions import BASES
+from flowvi.flows.actnorm import ActNorm
 from flowvi.flows.fixed import LogitPreprocessing, Standardization
 from flowvi.flows.flow import FlowDistribution, NormalizingFlow
 from flowvi.flows.layer import Layer
 from flowvi.flows.layers import (
     LU,
     Affine,
+    LeakyReLU,
     Permutation,
     Planar,
     Radial,
     Reverse,
+    Sigmoid,
     TriangularAffine,
 )
 from flowvi.flows.networked import IAF, MAF, NICE, NSF, Coupling, NSFAutoregressive, RealNVP
@@ -37,6 +40,9 @@ LAYERS: dict[str, type[nn.Module]] = {
     "iaf": IAF,
     "nsf": NSF,
     "nsf-ar": NSFAutoregressive,
+    "actnorm": ActNorm,
+    "sigmoid": Sigmoid,
+    "leaky-relu": LeakyReLU,
     "sylvester-o": SylvesterO,
     "sylvester-h": SylvesterH,
     "sylvester-t": SylvesterT,
@@ -52,11 +58,14 @@ def build(
     length: int = 1,
     base: str = "standard",
     hidden: Sequence[int] = (64, 64),
+    mask: str = "half",
+    order: str | None = None,
 ) -> NormalizingFlow:
     """Build a flow of ``length`` layers of one family, by name.
 
-    Coupling layers alternate their halves and autoregressive layers their order along the
-    stack, so that every coordinate is transformed and conditions the others.
+    Coupling layers alternate their two parts (A and B of ``mask``) and autoregressive layers,
+    by default, their order (natural, reverse, …) along the stack, so that every coordinate is
+    transformed and conditions the others.
 
     Args:
         flow: a name in :data:`LAYERS` (``planar``, ``radial``, ``affine``, ``triangular``,
@@ -66,18 +75,31 @@ def build(
         length: number of layers ``K``.
         base: ``standard`` (N(0, I)) or ``diagonal`` (trainable diagonal Gaussian).
         hidden: hidden layer sizes of the networks of coupling and autoregressive layers.
+        mask: coupling layers' split, ``half``, ``alternate`` or ``checkerboard`` (a square
+            image of ``d`` pixels; build :class:`Coupling` s by hand for other image shapes).
+        order: autoregressive layers' order: ``None`` alternates natural and reverse;
+            ``natural`` or ``reverse`` for every layer; ``random`` gives each layer its own
+            seeded random order (seeds from torch's generator, recorded for :func:`describe`).
 
     Raises:
         ValueError: for an unknown name (the message lists the valid ones), or ``d < 1``,
-            ``length < 1``, a bad hidden size.
+            ``length < 1``, a bad hidden size, a ``mask`` other than ``half`` for a
+            non-coupling family, or an ``order`` for a non-autoregressive one.
     """
     check_choice(flow, LAYERS, "flow")
     check_choice(base, BASES, "base")
     check_dim(d)
     check_dim(length, "flow length K")
     cls = LAYERS[flow]
-    if issubclass(cls, Coupling | MAF | IAF):
-        layers = [cls(d, hidden=hidden, **{cls.alternate: k % 2 == 1}) for k in range(length)]
+    if mask != "half" and not issubclass(cls, Coupling):
+        raise ValueError(f"mask applies to coupling layers only, not to {flow!r}")
+    if order is not None and not issubclass(cls, MAF | IAF):
+        raise ValueError(f"order applies to autoregressive layers only, not to {flow!r}")
+    if issubclass(cls, Coupling):
+        layers = [cls(d, hidden=hidden, mask=mask, swap=k % 2 == 1) for k in range(length)]
+    elif issubclass(cls, MAF | IAF):
+        orders = [order or ("natural", "reverse")[k % 2] for k in range(length)]
+        layers = [cls(d, hidden=hidden, order=o) for o in orders]
     elif hasattr(cls, "alternate"):  # e.g. T-SNF flips its permutation on every other layer
         layers = [cls(d, **{cls.alternate: k % 2 == 1}) for k in range(length)]
     else:
@@ -135,10 +157,12 @@ __all__ = [
     "MAF",
     "NICE",
     "NSF",
+    "ActNorm",
     "Affine",
     "Coupling",
     "FlowDistribution",
     "Layer",
+    "LeakyReLU",
     "LogitPreprocessing",
     "NSFAutoregressive",
     "NormalizingFlow",
@@ -147,11 +171,12 @@ __all__ = [
     "Radial",
     "RealNVP",
     "Reverse",
+    "Sigmoid",
+    "Standardization",
     "Sylvester",
     "SylvesterH",
     "SylvesterO",
     "SylvesterT",
-    "Standardization",
     "TriangularAffine",
     "build",
     "describe",

@@ -1,4 +1,4 @@
-"""Parameter modules for the planar, radial, affine, linear and permutation layers."""
+"""Parameter modules for the planar, radial, affine, linear, permutation and elementwise layers."""
 
 from __future__ import annotations
 
@@ -11,10 +11,12 @@ from flowvi._checks import check_dim
 from flowvi.flows.layer import Layer
 from flowvi.transforms import (
     AffineTransform,
+    LeakyReLUTransform,
     LUTransform,
     PermutationTransform,
     PlanarTransform,
     RadialTransform,
+    SigmoidTransform,
     TriangularAffineTransform,
 )
 
@@ -147,3 +149,52 @@ class Reverse(Permutation):
     @staticmethod
     def _draw(d: int) -> Tensor:
         return torch.arange(d - 1, -1, -1)
+
+
+class Sigmoid(nn.Module):
+    r"""The fixed logistic map :math:`x = \sigma(z)` onto :math:`(0, 1)^d` (see
+    :class:`flowvi.transforms.SigmoidTransform`); no parameters.
+
+    Put it last (at the data end) to model data in the open unit cube: ``log_prob`` applies the
+    logit to the data, which must lie strictly inside ``(0, 1)`` (a coordinate at exactly 0 or 1
+    has no finite logit). ``context`` is accepted and ignored.
+    """
+
+    def __init__(self, d: int, *, context_dim: int | None = None) -> None:
+        super().__init__()
+        check_dim(d)
+        self.d, self.context_dim = d, None
+
+    def forward(self, context: Tensor | None = None) -> SigmoidTransform:
+        return SigmoidTransform()
+
+    def extra_repr(self) -> str:
+        return f"d={self.d}"
+
+
+class LeakyReLU(nn.Module):
+    r"""Leaky-ReLU layer :math:`y_i = x_i` for :math:`x_i \ge 0`, :math:`\alpha_i x_i` otherwise,
+    with a learnable slope per dimension :math:`\alpha_i = e^{\ell_i} > 0` for any raw
+    :math:`\ell` (see :class:`flowvi.transforms.LeakyReLUTransform`).
+
+    Starts at the identity (:math:`\alpha = 1`). Interleave it with linear or affine layers
+    (a lone leaky ReLU only rescales each half-line). ``context`` is accepted and ignored.
+
+    Args:
+        d: dimension.
+
+    Raises:
+        ValueError: if ``d`` is not a positive integer.
+    """
+
+    def __init__(self, d: int, *, context_dim: int | None = None) -> None:
+        super().__init__()
+        check_dim(d)
+        self.d, self.context_dim = d, None
+        self.log_slope = nn.Parameter(torch.zeros(d))
+
+    def forward(self, context: Tensor | None = None) -> LeakyReLUTransform:
+        return LeakyReLUTransform(self.log_slope)
+
+    def extra_repr(self) -> str:
+        return f"d={self.d}"

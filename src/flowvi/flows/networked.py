@@ -7,6 +7,7 @@ posteriors of a VAE).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -19,7 +20,9 @@ from flowvi.transforms.base import Transform
 from flowvi.transforms.coupling import CouplingTransform
 from flowvi.transforms.transformers import TRANSFORMERS
 
-MASKS = ("half", "alternating")
+MASKS = ("half", "alternate", "checkerboard")
+_MASK_ALIASES = {"alternating": "alternate"}  # the name of "alternate" in flowvi's first release
+ORDERS = ("natural", "reverse", "random")
 
 
 def _check_hidden(hidden: Sequence[int]) -> tuple[int, ...]:
@@ -29,9 +32,63 @@ def _check_hidden(hidden: Sequence[int]) -> tuple[int, ...]:
     return hidden
 
 
+def _image_shape(d: int, image_shape: Sequence[int] | None) -> tuple[int, ...]:
+    """``image_shape`` as a ``(C, H, W)`` or ``(H, W)`` tuple of ``d`` pixels; ``None`` means a
+    square ``(H, H)`` image."""
+    if image_shape is None:
+        side = math.isqrt(d)
+        if side * side != d:
+            raise ValueError(
+                f"mask='checkerboard' needs image_shape=(C, H, W) or (H, W); d = {d} is not a "
+                "square, so it cannot be taken as an H × H image"
+            )
+        return (side, side)
+    shape = tuple(image_shape)
+    if len(shape) not in (2, 3) or any(
+        isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in shape
+    ):
+        raise ValueError(f"image_shape must be (C, H, W) or (H, W) positive ints, got {shape}")
+    if math.prod(shape) != d:
+        raise ValueError(f"image_shape {shape} holds {math.prod(shape)} values, not d = {d}")
+    return shape
+
+
+def coupling_mask(
+    d: int, mask: str = "half", *, image_shape: Sequence[int] | None = None
+) -> Tensor:
+    """The conditioning part A of a coupling layer, as a boolean ``(d,)`` (``True``: in A).
+
+    - ``"half"``: the first ``d // 2`` coordinates.
+    - ``"alternate"``: the even coordinates ``0, 2, 4, …``.
+    - ``"checkerboard"``: ``x`` is an image flattened in C order from ``image_shape`` =
+      ``(C, H, W)`` or ``(H, W)`` (``None``: a square ``H × H``); pixel ``(i, j)`` of every
+      channel is in A iff ``(i + j)`` is even (Dinh et al. 2016, Section 3.4, Figure 3).
+
+    Raises:
+        ValueError: for an unknown mask, an image shape that does not hold ``d`` values, or a
+            mask that leaves A or its complement empty.
+    """
+    mask = _MASK_ALIASES.get(mask, mask)
+    check_choice(mask, MASKS, "mask")
+    index = torch.arange(d)
+    if mask == "half":
+        part = index < d // 2
+    elif mask == "alternate":
+        part = index % 2 == 0
+    else:
+        *_, h, w = _image_shape(d, image_shape)
+        i, j = (index % (h * w)) // w, index % w
+        part = (i + j) % 2 == 0
+    if part.all() or not part.any():
+        raise ValueError(
+            f"mask {mask!r} leaves no coordinate "
+            f"{'to transform' if part.all() else 'to condition on'} (d = {d})"
+        )
+    return part
+
+
 class _Networked(nn.Module):
     transformer_name: str
-    alternate: str  # the keyword that a stack builder flips on every other layer
 
     def _context(self, context: Tensor | None) -> Tensor | None:
         if self.context_dim is not None and (
@@ -46,19 +103,26 @@ class _Networked(nn.Module):
 
 
 class Coupling(_Networked):
-    """Coupling layer: half the coordinates (A) condition an elementwise map of the rest (B).
+    """Coupling layer: part A of the coordinates conditions an elementwise map of the rest, B.
+
+    A and B are index sets (see :func:`coupling_mask`): the conditioner reads exactly the
+    ``|A|`` coordinates of A and emits parameters for the ``|B|`` of B, with no input wasted on
+    masked-out zeros.
 
     Args:
         d: dimension.
-        mask: ``"half"`` (A = the first ``d // 2`` coordinates) or ``"alternating"`` (A = even
-            indices).
+        mask: ``"half"`` (A = the first ``d // 2`` coordinates), ``"alternate"`` (A = even
+            indices) or ``"checkerboard"`` (images flattened from ``image_shape``; A = pixels
+            with ``i + j`` even). ``"alternating"`` is read as ``"alternate"``.
+        image_shape: ``(C, H, W)`` or ``(H, W)`` of a checkerboard mask; ``None`` takes a
+            square ``H × H`` image. Only for ``mask="checkerboard"``.
         swap: exchange A and B (alternate it along a stack so every coordinate is transformed).
         hidden: hidden sizes of the conditioner MLP, whose last layer starts at zero (so the
             layer starts at the identity).
         context_dim: size of a context fed to the conditioner, or ``None``.
 
     Raises:
-        ValueError: for ``d < 2``, an unknown mask, or a bad hidden size.
+        ValueError: for ``d < 2``, an unknown mask, a bad image shape, or a bad hidden size.
     """
 
     alternate = "swap"
@@ -68,6 +132,7 @@ class Coupling(_Networked):
         d: int,
         *,
         mask: str = "half",
+        image_shape: Sequence[int] | None = None,
         swap: bool = False,
         hidden: Sequence[int] = (64, 64),
         context_dim: int | None = None,
@@ -78,14 +143,23 @@ class Coupling(_Networked):
             raise ValueError(
                 "a coupling layer needs d >= 2 (it conditions some coordinates on others)"
             )
+        mask = _MASK_ALIASES.get(mask, mask)
         check_choice(mask, MASKS, "mask")
+        if mask == "checkerboard":
+            image_shape = _image_shape(d, image_shape)
+        elif image_shape is not None:
+            raise ValueError(f"image_shape applies to mask='checkerboard' only, not {mask!r}")
         self.d, self.context_dim = d, context_dim
         self.spec = {"mask": mask, "swap": swap, "hidden": list(_check_hidden(hidden))}
-        index = torch.arange(d)
-        conditioning = index < d // 2 if mask == "half" else index % 2 == 0
-        self.register_buffer("mask", conditioning ^ swap)
+        if image_shape is not None:
+            self.spec["image_shape"] = list(image_shape)
+        part = coupling_mask(d, mask, image_shape=image_shape) ^ swap
+        self.register_buffer("mask", part)
+        # the index sets, derived from the mask (so not saved): A's coordinates, then B's
+        self.register_buffer("index_a", torch.nonzero(part).squeeze(-1), persistent=False)
+        self.register_buffer("index_b", torch.nonzero(~part).squeeze(-1), persistent=False)
         self.transformer = TRANSFORMERS[self.transformer_name]
-        n_a = int(self.mask.sum())
+        n_a = len(self.index_a)
         self.k = self.transformer.num_params
         self.net = MLP(n_a + (context_dim or 0), (d - n_a) * self.k, hidden)
 
@@ -95,7 +169,7 @@ class Coupling(_Networked):
         def conditioner(x_a: Tensor) -> Tensor:
             return self.net(_with_context(x_a, context)).unflatten(-1, (-1, self.k))
 
-        return CouplingTransform(self.mask, conditioner, self.transformer)
+        return CouplingTransform(self.index_a, self.index_b, conditioner, self.transformer)
 
 
 class NICE(Coupling):
@@ -111,18 +185,26 @@ class RealNVP(Coupling):
 
 
 class _MaskedAutoregressive(_Networked):
-    """MADE-conditioned affine autoregressive layer; see :class:`MAF` and :class:`IAF`.
+    """MADE-conditioned autoregressive layer; see :class:`MAF` and :class:`IAF`.
 
     Args:
         d: dimension.
         hidden: MADE hidden sizes (any number of layers).
-        reverse: use the reversed order ``d-1, …, 0`` (alternate it along a stack).
-        order: an explicit autoregressive order (a permutation of ``0 … d-1``), overriding
-            ``reverse``; e.g. ``torch.randperm(d).tolist()`` for a random order.
-        context_dim: size of a context fed to every hidden unit of the MADE, or ``None``.
+        order: the autoregressive order: ``"natural"`` (``0 … d-1``), ``"reverse"``
+            (``d-1 … 0``; alternate the two along a stack), ``"random"`` (a permutation drawn
+            from ``seed``, with MADE's random hidden-unit degrees from the same seed, Germain et
+            al. 2015, Section 4), or an explicit permutation of ``0 … d-1``.
+        seed: the seed of ``order="random"``; ``None`` draws one from torch's global generator
+            (so ``torch.manual_seed`` fixes it). It is recorded in :attr:`spec`, and the order
+            and masks are buffers, saved with the weights.
+        context_dim: size of a context fed to every first-layer hidden unit of the MADE, or
+            ``None``.
+
+    Raises:
+        ValueError: for an unknown order, a list that is not a permutation, a ``seed`` with a
+            non-random order, or a bad hidden size.
     """
 
-    alternate = "reverse"
     transformer_name = "affine"
     inverted: bool
 
@@ -131,21 +213,44 @@ class _MaskedAutoregressive(_Networked):
         d: int,
         *,
         hidden: Sequence[int] = (64, 64),
-        reverse: bool = False,
-        order: Sequence[int] | None = None,
+        order: str | Sequence[int] = "natural",
+        seed: int | None = None,
         context_dim: int | None = None,
     ) -> None:
         super().__init__()
         check_dim(d)
-        if order is None:
-            order = list(range(d))[::-1] if reverse else list(range(d))
-        if sorted(order) != list(range(d)):
-            raise ValueError(f"order must be a permutation of 0..{d - 1}, got {list(order)}")
+        hidden = _check_hidden(hidden)
+        self.spec: dict = {"hidden": list(hidden), "order": order}
+        generator = None
+        if isinstance(order, str):
+            check_choice(order, ORDERS, "order")
+            if order == "random":
+                if seed is None:
+                    seed = int(torch.randint(2**31 - 1, ()))
+                elif isinstance(seed, bool) or not isinstance(seed, int):
+                    raise ValueError(f"seed must be an int, got {seed!r}")
+                generator = torch.Generator().manual_seed(seed)
+                permutation = torch.randperm(d, generator=generator)
+                self.spec["seed"] = seed
+            else:
+                permutation = torch.arange(d)
+                if order == "reverse":
+                    permutation = permutation.flip(0)
+        else:
+            permutation = torch.as_tensor(list(order), dtype=torch.long)
+            self.spec["order"] = permutation.tolist()
+        if seed is not None and generator is None:
+            raise ValueError(f"seed applies to order='random' only, not order={order!r}")
         self.d, self.context_dim = d, context_dim
-        self.spec = {"hidden": list(_check_hidden(hidden)), "order": list(order)}
         self.transformer = TRANSFORMERS[self.transformer_name]
         self.made = MADE(
-            d, self.transformer.num_params, hidden, order=order, context_dim=context_dim
+            d,
+            self.transformer.num_params,
+            hidden,
+            order=permutation,
+            degrees="cyclic" if generator is None else "random",
+            generator=generator,
+            context_dim=context_dim,
         )
 
     def forward(self, context: Tensor | None = None) -> Transform:

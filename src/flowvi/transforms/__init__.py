@@ -1,7 +1,7 @@
 """Flow layers as pure math: ``torch.distributions.Transform`` subclasses with ``call_and_ladj``."""
 
 from flowvi.transforms.base import ComposeTransform, Transform
-from flowvi.transforms.elementwise import AffineTransform
+from flowvi.transforms.elementwise import AffineTransform, LeakyReLUTransform, SigmoidTransform
 from flowvi.transforms.linear import LUTransform, TriangularAffineTransform
 from flowvi.transforms.permutation import PermutationTransform
 from flowvi.transforms.planar import PlanarTransform
@@ -12,9 +12,11 @@ __all__ = [
     "AffineTransform",
     "ComposeTransform",
     "LUTransform",
+    "LeakyReLUTransform",
     "PermutationTransform",
     "PlanarTransform",
     "RadialTransform",
+    "SigmoidTransform",
     "SylvesterTransform",
     "Transform",
     "TriangularAffineTransform",

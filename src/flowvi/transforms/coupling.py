@@ -1,4 +1,5 @@
-"""Coupling layers: NICE's additive and RealNVP's affine coupling (Dinh et al. 2014, 2016)."""
+"""Coupling layers: NICE's additive, RealNVP's affine, NSF's spline coupling (Dinh et al. 2014,
+2016; Durkan et al. 2019)."""
 
 from __future__ import annotations
 
@@ -17,18 +18,26 @@ class CouplingTransform(Transform):
     :math:`\ln|\det J| = \sum_{i \in B} \ln \partial\tau/\partial x_i`, and the inverse is one
     pass: :math:`x_B = \tau^{-1}(y_B; \theta(y_A))` (Dinh et al. 2016, Eq. 4–7).
 
+    A and B are index sets, not 0/1 multiplications: the conditioner sees only the ``|A|``
+    coordinates of A. In the order ``(A, B)`` (the permutation ``cat(index_a, index_b)``) the
+    Jacobian is lower block triangular, ``[[I, 0], [*, diag]]``.
+
     Args:
-        mask: boolean, shape ``(d,)``; ``True`` marks the conditioning part A.
+        index_a: the conditioning coordinates A, integers, shape ``(|A|,)``.
+        index_b: the transformed coordinates B, shape ``(|B|,)``; A and B partition
+            ``0 … d-1`` (any order within each).
         conditioner: maps ``x_A: (*batch, |A|)`` to parameters ``(*batch, |B|, k)``.
         transformer: the elementwise map :math:`\tau` (see :mod:`flowvi.transforms.transformers`).
     """
 
-    def __init__(self, mask: Tensor, conditioner: Callable[[Tensor], Tensor], transformer) -> None:
+    def __init__(
+        self, index_a: Tensor, index_b: Tensor, conditioner: Callable[[Tensor], Tensor], transformer
+    ) -> None:
         super().__init__()
         self.conditioner, self.transformer = conditioner, transformer
-        self.index_a = torch.nonzero(mask).squeeze(-1)
-        self.index_b = torch.nonzero(~mask).squeeze(-1)
-        self.order = torch.argsort(torch.cat([self.index_a, self.index_b]))
+        self.index_a, self.index_b = index_a, index_b
+        # y = cat(y_A, y_B)[order] puts every coordinate back in its place
+        self.order = torch.argsort(torch.cat([index_a, index_b]))
 
     def _join(self, a: Tensor, b: Tensor) -> Tensor:
         return torch.cat([a, b], -1)[..., self.order]
