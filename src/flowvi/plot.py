@@ -151,6 +151,28 @@ def image_grid(
     return _save(fig, path)
 
 
+def variance_figure(rows: Sequence[dict], path: str | Path, *, titles: dict | None = None) -> Path:
+    """Log-log variance of gradient estimators against the number of samples, one panel per
+    ``row["problem"]`` and one line per ``row["estimator"]``; ``variance_theory`` (where not
+    ``None``) dashed in the same colour (rows of :mod:`flowvi.inference.estimators`)."""
+    problems = list(dict.fromkeys(row["problem"] for row in rows))
+    fig, axes = plt.subplots(1, len(problems), figsize=(5.5 * len(problems), 4), squeeze=False)
+    for ax, problem in zip(axes[0], problems, strict=True):
+        mine = [row for row in rows if row["problem"] == problem]
+        for k, name in enumerate(dict.fromkeys(row["estimator"] for row in mine)):
+            line = sorted((r for r in mine if r["estimator"] == name), key=lambda r: r["samples"])
+            s = [r["samples"] for r in line]
+            ax.loglog(s, [r["variance"] for r in line], "o-", color=f"C{k}", ms=3, label=name)
+            if line[0].get("variance_theory") is not None:
+                ax.loglog(s, [r["variance_theory"] for r in line], "--", color=f"C{k}", lw=0.8)
+        ax.set_xlabel("samples S per estimate")
+        ax.set_ylabel("variance of the gradient estimate")
+        ax.set_title((titles or {}).get(problem, problem), fontsize=9)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def _tensor_of(module: torch.nn.Module) -> torch.Tensor:
     """A parameter or buffer of ``module``: where its dtype and device come from."""
     return next(itertools.chain(module.parameters(), module.buffers()))
