@@ -130,6 +130,16 @@ def _density_parser(commands) -> None:
     option("--flow", help=f"layer family: {', '.join(LAYERS)}")
     option("--length", "-K", type=int, help="flow length K")
     option("--hidden", type=_sizes, help="hidden sizes of coupling/MADE networks, e.g. 64,64")
+    option(
+        "--mask",
+        choices=["half", "alternate", "checkerboard"],
+        help="coupling split (checkerboard: square images)",
+    )
+    option(
+        "--order",
+        choices=["natural", "reverse", "random"],
+        help="autoregressive order of every layer (default: natural and reverse alternate)",
+    )
     option("--base", help="base distribution: standard or diagonal")
     option("--n-train", type=int, help="training points drawn from a toy set")
     option("--n-valid", type=int, help="validation points drawn from a toy set")

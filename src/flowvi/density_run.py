@@ -42,6 +42,8 @@ class DensityConfig:
     length: int = 5
     base: str = "standard"
     hidden: tuple[int, ...] = (64, 64)
+    mask: str = "half"
+    order: str | None = None
     n_train: int = 20_000
     n_valid: int = 2_000
     n_test: int = 5_000
@@ -165,7 +167,15 @@ def make_flow(config: DensityConfig, splits: Splits) -> NormalizingFlow:
     dequantized pixels :math:`x \in [0, L)^D`.
     """
     d = splits.train.shape[1]
-    flow = build(config.flow, d, length=config.length, base=config.base, hidden=config.hidden)
+    flow = build(
+        config.flow,
+        d,
+        length=config.length,
+        base=config.base,
+        hidden=config.hidden,
+        mask=config.mask,
+        order=config.order,
+    )
     if splits.levels is None:
         stats = data.Standardize.fit(splits.train)
         tail = Standardization(d, mean=stats.mean, std=stats.std)
