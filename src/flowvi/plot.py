@@ -173,6 +173,72 @@ def variance_figure(rows: Sequence[dict], path: str | Path, *, titles: dict | No
     return _save(fig, path)
 
 
+def mixture_figure(
+    x: torch.Tensor,
+    means: torch.Tensor,
+    variances: torch.Tensor,
+    path: str | Path,
+    *,
+    labels: torch.Tensor | None = None,
+    title: str | None = None,
+) -> Path:
+    r"""Fitted unit-variance mixture components over 2-D data ``x: (n, 2)``.
+
+    Points are coloured by ``labels: (n,)`` (e.g. the most responsible component); each
+    component ``k`` shows its mean ``means[k]`` (a cross) and the circles of radius 1 and 2
+    standard deviations of its predictive density :math:`\mathcal N(m_k, (1 + s_k^2) I)`
+    (``variances[k]`` :math:`= s_k^2`), in the colour of its points.
+    """
+    x, means, variances = (t.detach().cpu().double() for t in (x, means, variances))
+    fig, ax = plt.subplots(figsize=(5.5, 5.5))
+    colors = [f"C{k % 10}" for k in range(len(means))]
+    if labels is None:
+        ax.scatter(x[:, 0], x[:, 1], s=3, c="0.5", alpha=0.5, linewidths=0)
+    else:
+        point_colors = [colors[k] for k in labels.cpu().tolist()]
+        ax.scatter(x[:, 0], x[:, 1], s=3, c=point_colors, alpha=0.5, linewidths=0)
+    theta = torch.linspace(0, 2 * torch.pi, 200, dtype=torch.float64)
+    circle = torch.stack([theta.cos(), theta.sin()], -1)
+    for k, (m, v) in enumerate(zip(means, variances, strict=True)):
+        sd = float((1 + v).sqrt())
+        for r, style in ((1, "-"), (2, "--")):
+            ring = m + r * sd * circle
+            ax.plot(ring[:, 0], ring[:, 1], style, color=colors[k], lw=1)
+        ax.plot(float(m[0]), float(m[1]), "x", color="k", ms=8, mew=2)
+    ax.set_aspect("equal", adjustable="datalim")
+    ax.set_title(title or f"{len(means)} components over {len(x)} points", fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def elbo_curves_figure(
+    curves: dict[str, tuple[Sequence[float], Sequence[float]]],
+    path: str | Path,
+    *,
+    reference: float | None = None,
+    reference_label: str = "optimum",
+    xlabel: str = "examples seen",
+    ylabel: str = "ELBO per datum (nats)",
+    title: str | None = None,
+) -> Path:
+    """ELBO curves against a log-scale x axis (e.g. SVI for several minibatch sizes against
+    examples seen), one line per ``curves[label] = (x, elbo)``; ``reference`` a dashed
+    horizontal line. Points with x <= 0 are left out (log scale)."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for k, (label, (xs, ys)) in enumerate(curves.items()):
+        kept = [(a, b) for a, b in zip(xs, ys, strict=True) if a > 0]
+        ax.semilogx(*zip(*kept, strict=True), "o-", color=f"C{k}", ms=3, label=label)
+    if reference is not None:
+        ax.axhline(reference, color="k", ls="--", lw=0.8, label=reference_label)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def _tensor_of(module: torch.nn.Module) -> torch.Tensor:
     """A parameter or buffer of ``module``: where its dtype and device come from."""
     return next(itertools.chain(module.parameters(), module.buffers()))
