@@ -377,7 +377,7 @@ def cavi(
 
     Each sweep is the local step for all :math:`\varphi_i` at once, then the global step for all
     :math:`(m_k, s_k^2)`, then the ELBO (from the sufficient statistics of the sweep). A restart
-    stops when :math:`|\mathcal L_t - \mathcal L_{t-1}| \le \mathrm{tol} \cdot |\mathcal L_t|`
+    stops when :math:`|\mathcal L_t - \mathcal L_{t-1}| < \mathrm{tol} \cdot |\mathcal L_t|`
     or after ``max_iter`` sweeps. Computed in float64 on ``x``'s device; ``O(NKd)`` per sweep
     (two matrix products), no loop over points.
 
@@ -475,7 +475,7 @@ def _run(x: Tensor, resp0: Tensor, *, prior_std: float, tol: float, max_iter: in
             prior_var=prior_var,
         ).item()
         trace.append(value)
-        if len(trace) > 1 and abs(value - trace[-2]) <= tol * abs(value):
+        if len(trace) > 1 and abs(value - trace[-2]) < tol * abs(value):
             converged = True
             break
     log_resp = (shifted - log_norm).T.contiguous()
