@@ -24,6 +24,7 @@ from flowvi.flows.layers import (
     TriangularAffine,
 )
 from flowvi.flows.networked import IAF, MAF, NICE, NSF, Coupling, NSFAutoregressive, RealNVP
+from flowvi.flows.residual import Residual
 from flowvi.flows.sylvester import Sylvester, SylvesterH, SylvesterO, SylvesterT
 
 LAYERS: dict[str, type[nn.Module]] = {
@@ -40,6 +41,7 @@ LAYERS: dict[str, type[nn.Module]] = {
     "iaf": IAF,
     "nsf": NSF,
     "nsf-ar": NSFAutoregressive,
+    "residual": Residual,
     "actnorm": ActNorm,
     "sigmoid": Sigmoid,
     "leaky-relu": LeakyReLU,
@@ -74,7 +76,8 @@ def build(
         d: dimension.
         length: number of layers ``K``.
         base: ``standard`` (N(0, I)) or ``diagonal`` (trainable diagonal Gaussian).
-        hidden: hidden layer sizes of the networks of coupling and autoregressive layers.
+        hidden: hidden layer sizes of the networks of coupling, autoregressive and residual
+            layers.
         mask: coupling layers' split, ``half``, ``alternate`` or ``checkerboard`` (a square
             image of ``d`` pixels; build :class:`Coupling` s by hand for other image shapes).
         order: autoregressive layers' order: ``None`` alternates natural and reverse;
@@ -100,6 +103,8 @@ def build(
     elif issubclass(cls, MAF | IAF):
         orders = [order or ("natural", "reverse")[k % 2] for k in range(length)]
         layers = [cls(d, hidden=hidden, order=o) for o in orders]
+    elif cls is Residual:
+        layers = [cls(d, hidden=hidden) for _ in range(length)]
     elif hasattr(cls, "alternate"):  # e.g. T-SNF flips its permutation on every other layer
         layers = [cls(d, **{cls.alternate: k % 2 == 1}) for k in range(length)]
     else:
@@ -170,6 +175,7 @@ __all__ = [
     "Planar",
     "Radial",
     "RealNVP",
+    "Residual",
     "Reverse",
     "Sigmoid",
     "Standardization",

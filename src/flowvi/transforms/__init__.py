@@ -6,6 +6,7 @@ from flowvi.transforms.linear import LUTransform, TriangularAffineTransform
 from flowvi.transforms.permutation import PermutationTransform
 from flowvi.transforms.planar import PlanarTransform
 from flowvi.transforms.radial import RadialTransform
+from flowvi.transforms.residual import ResidualTransform
 from flowvi.transforms.sylvester import SylvesterTransform
 
 __all__ = [
@@ -16,6 +17,7 @@ __all__ = [
     "PermutationTransform",
     "PlanarTransform",
     "RadialTransform",
+    "ResidualTransform",
     "SigmoidTransform",
     "SylvesterTransform",
     "Transform",
