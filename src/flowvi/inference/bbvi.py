@@ -16,10 +16,11 @@ Estimators of :math:`\nabla_\lambda \mathcal L`, :math:`\mathcal L = E_q[\ln p(x
     log joint when the model gives none (the other factors' :math:`\ln q_k` still drop out);
   - control variates (their Eq. 8-9): :math:`\hat g_c = \frac1S \sum_s (f_{sc} - a_c h_{sc})`
     with :math:`h = \nabla_\lambda \ln q` (mean zero) and the optimal per-component scale
-    :math:`a_c = \mathrm{Cov}(f_c, h_c) / \mathrm{Var}(h_c)` (their Eq. 10, per component).
-    flowvi estimates :math:`a_c` for sample :math:`s` from the *other* :math:`S - 1` samples
-    (leave-one-out), which keeps the estimator exactly unbiased (the paper's same-sample
-    estimate has an :math:`O(1/S)` bias).
+    :math:`a_c = \mathrm{Cov}(f_c, h_c) / \mathrm{Var}(h_c) = E[f_c h_c] / E[h_c^2]` (their
+    Eq. 10, per component). flowvi estimates :math:`a_c` for sample :math:`s` from the *other*
+    :math:`S - 1` samples (leave-one-out), which keeps the estimator exactly unbiased (the
+    paper's same-sample estimate has an :math:`O(1/S)` bias), and uses the known zero mean of
+    :math:`h` instead of centring, which keeps :math:`a_c` bounded (see ``_control_variate``).
 
 - ``"reparam"`` (Kingma & Welling 2014; Rezende et al. 2014): :math:`z = \mu + \sigma \odot
   \epsilon`, :math:`\frac1S\sum_s \nabla_\lambda [\ln p(x, z_s(\lambda)) - \ln q(z_s(\lambda);
@@ -421,22 +422,24 @@ def _call(fn: LogJoint, z: Tensor, shape: tuple[int, int], what: str) -> Tensor:
 
 
 def _control_variate(f: Tensor, h: Tensor) -> Tensor:
-    r""":math:`f_s - a_{-s} h_s` per component, :math:`a_{-s} = \widehat{\mathrm{Cov}}(f, h) /
-    \widehat{\mathrm{Var}}(h)` from the samples other than ``s`` (axis 1 of ``(R, S, ...)``).
+    r""":math:`f_s - a_{-s} h_s` per component, with the optimal scale
+    :math:`a^* = \mathrm{Cov}(f, h) / \mathrm{Var}(h)` estimated from the samples other than
+    ``s`` (axis 1 of ``(R, S, ...)``).
 
-    Because :math:`a_{-s}` is independent of :math:`h_s` and :math:`E[h_s] = 0`, the mean of
-    :math:`a_{-s} h_s` is exactly zero: the estimator stays unbiased for any :math:`S \ge 3`.
+    The score has mean exactly zero, so :math:`\mathrm{Cov}(f, h) = E[fh]` and
+    :math:`\mathrm{Var}(h) = E[h^2]`, estimated without centring:
+    :math:`a_{-s} = \sum_{j \ne s} f_j h_j / \sum_{j \ne s} h_j^2`. For
+    :math:`f = h \cdot \text{signal}` this is a weighted mean of the other samples' signals,
+    so it stays bounded when the other scores are nearly equal (a concentrated categorical
+    factor), where the centred ratio divides by a variance near zero and can multiply the
+    estimator's variance by orders of magnitude. Because :math:`a_{-s}` is independent of
+    :math:`h_s` and :math:`E[h_s] = 0`, the mean of :math:`a_{-s} h_s` is exactly zero: the
+    estimator stays unbiased for any :math:`S \ge 2` (flowvi asks for 3).
     """
-    m = f.shape[1] - 1
-    # 1. leave-one-out sums: totals less the sample's own term
-    sf = f.sum(1, keepdim=True) - f
-    sh = h.sum(1, keepdim=True) - h
-    sfh = (f * h).sum(1, keepdim=True) - f * h
-    shh = (h * h).sum(1, keepdim=True) - h * h
-    # 2. centred (co)variances of the other m samples (the 1/(m-1) factors cancel in the ratio)
-    cov = sfh - sf * sh / m
-    var = shh - sh * sh / m
-    a = torch.where(var > 0, cov / torch.where(var > 0, var, 1.0), 0.0)
+    fh, hh = f * h, h * h
+    sfh = fh.sum(1, keepdim=True) - fh  # leave-one-out sums
+    shh = hh.sum(1, keepdim=True) - hh
+    a = torch.where(shh > 0, sfh / torch.where(shh > 0, shh, 1.0), 0.0)
     return f - a * h
 
 
