@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from torch import Tensor
 
 
@@ -46,3 +48,43 @@ def negative_log_likelihood(log_q: Tensor) -> Tensor:
     r""":math:`-\frac1n \sum_i \ln q(x_i)` on data :math:`x_i \sim p`: forward-KL fitting, up to the
     data entropy (maximum likelihood)."""
     return -log_q.mean()
+
+
+def elbo(log_lik: Tensor, log_prior: Tensor, log_q: Tensor, *, beta: float = 1.0) -> Tensor:
+    r"""Monte Carlo (warmed-up) evidence lower bound per datapoint, in nats.
+
+    .. math:: \mathcal L_\beta(x) = \frac1S \sum_s \big[\ln p(x \mid z_s)
+              + \beta (\ln p(z_s) - \ln q(z_s \mid x))\big], \quad z_s \sim q(z \mid x)
+
+    With :math:`\beta = 1` this is the ELBO, :math:`\ln p(x) - \mathrm{KL}(q(z|x) \| p(z|x))
+    \le \ln p(x)` (Rezende & Mohamed 2015, Eq. 3); with :math:`\beta < 1` (KL warm-up,
+    Bowman et al. 2016; Sønderby et al. 2016) the KL term is down-weighted early in training.
+    For a flow posterior, :math:`\ln q = \ln q_0(z_0) - \sum_k \ln|\det J_k|` (their Eq. 13).
+
+    Args:
+        log_lik: :math:`\ln p(x \mid z_s)`, shape ``(S, n)`` (``S`` samples per datapoint).
+        log_prior: :math:`\ln p(z_s)`, shape ``(S, n)``.
+        log_q: :math:`\ln q(z_s \mid x)`, shape ``(S, n)``.
+        beta: the weight of the KL term.
+
+    Returns:
+        shape ``(n,)``; maximize it (the loss is its negative mean).
+    """
+    return (log_lik + beta * (log_prior - log_q)).mean(0)
+
+
+def iwae(log_w: Tensor) -> Tensor:
+    r"""Importance-weighted bound :math:`\ln \frac1k \sum_{i=1}^k w_i` per datapoint, in nats.
+
+    :math:`w_i = p(x, z_i) / q(z_i \mid x)`, :math:`z_i \sim q`: Burda et al. (2016), Eq. 8.
+    It is the ELBO for ``k = 1``, rises (in expectation) with ``k`` and tends to
+    :math:`\ln p(x)` as :math:`k \to \infty`; with ``k = 5000`` it is the usual test
+    estimate of :math:`\ln p(x)`. Computed with ``logsumexp``.
+
+    Args:
+        log_w: :math:`\ln w_i = \ln p(x, z_i) - \ln q(z_i \mid x)`, shape ``(k, n)``.
+
+    Returns:
+        shape ``(n,)``.
+    """
+    return log_w.logsumexp(0) - math.log(log_w.shape[0])

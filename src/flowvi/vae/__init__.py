@@ -1,0 +1,19 @@
+"""Amortized variational inference: VAEs whose encoder outputs the flow of the posterior."""
+
+from flowvi.vae.evaluate import log_likelihood, mean_and_se, mean_elbo
+from flowvi.vae.model import VAE
+from flowvi.vae.networks import BernoulliDecoder, Encoder, LinearGaussianDecoder
+from flowvi.vae.posterior import POSTERIORS, GaussianBase, make_posterior
+
+__all__ = [
+    "POSTERIORS",
+    "VAE",
+    "BernoulliDecoder",
+    "Encoder",
+    "GaussianBase",
+    "LinearGaussianDecoder",
+    "log_likelihood",
+    "make_posterior",
+    "mean_and_se",
+    "mean_elbo",
+]
