@@ -17,17 +17,21 @@ Matched models (``--layers`` K, ``--hidden`` sizes; defaults K = 5, two hidden l
   by each library), each library's own MLP/MADE class and initialization;
 - RealNVP: affine couplings with each library's own scale map; NSF: rational-quadratic spline
   couplings, 8 bins on [-3, 3] with linear (identity) tails, no transform of the conditioning
-  half; MAF: affine MADE layers, one pass for the density, d passes to sample;
+  half; MAF: affine MADE layers, one pass for the density, d passes to sample (normflows:
+  the other way round, see below);
 - between layers, each library's usual alternation: flowvi swaps the two halves of its
   coupling split and alternates MAF's order natural/reverse; zuko and nflows alternate
   checkered coupling masks, zuko alternates MAF orders and nflows reverses the features
   between MAF layers; normflows swaps halves (``Permute(d, "swap")``) after every layer;
 - a fixed standard normal base.
 
-normflows' ``MaskedAffineAutoregressive`` is fast in its sampling direction (its density takes
-d passes); it is wrapped in ``normflows.flows.Reverse`` so that, like the others, it evaluates
-the density in one pass. Its spline coupling is normflows' ``PiecewiseRationalQuadraticCoupling``
-with the matched MLP (its ``CoupledRationalQuadraticSpline`` wrapper fixes a residual network).
+normflows' ``MaskedAffineAutoregressive`` is used as its authors orient it: one pass to sample,
+d passes for the density (so d passes per training step). Turning it round with
+``normflows.flows.Reverse`` would make the density one pass, but its scale, sigmoid(·) + 0.001
+≤ 1.001, may then only contract data towards the base: so turned, it reached 1.27-1.30 nats
+on moons (5,000 steps, seeds 0-2) where the other MAFs reached 0.36-0.44. Its spline
+coupling is normflows' ``PiecewiseRationalQuadraticCoupling`` with the matched MLP (its
+``CoupledRationalQuadraticSpline`` wrapper fixes a residual network).
 
 Training: Adam (lr 1e-3), minibatches drawn uniformly with replacement, loss = -mean log q,
 the same number of steps for all, no validation split (the final model is scored). flowvi is
@@ -41,11 +45,14 @@ Timings, one thread each (``torch.set_num_threads(1)``), after an untimed warm-u
 each library × data set × flow before its first timed run): ms/step = training loop wall time
 ÷ steps; samples/s = ``--samples`` draws under ``torch.no_grad()``; log_prob/s = log density of
 ``--eval-points`` test points (the test set, repeated to that many rows for breast_cancer),
-each the median of ``--repeats`` timed calls after one untimed call.
+each the median of ``--repeats`` timed calls after one untimed call. On a shared machine the
+fits' ms/step vary with the load; ``--interleaved`` times the same loops in short blocks, the
+libraries taking turns, and reports each library's fastest block (see :func:`interleaved`).
 
     pip install -e ".[bench]"
     python benchmarks/density.py --markdown          # 2 data sets × 3 flows × 4 libraries × 3 seeds
     python benchmarks/density.py --smoke --markdown  # every combination for 20 steps, a minute
+    python benchmarks/density.py --interleaved --markdown  # per-step times, robust to load
 
 Results go to a JSON file, one record per library × data set × flow × seed (and settings);
 records already there are skipped, so an interrupted run resumes where it stopped. A fit that
@@ -268,10 +275,11 @@ def build_normflows(flow: str, d: int, s: Budget, hidden: tuple[int, ...]) -> Mo
         elif flow == "nsf":
             layers.append(SplineCoupling(even=k % 2 == 0))
         else:
-            made = nf.flows.MaskedAffineAutoregressive(
-                d, hidden[0], num_blocks=len(hidden) - 1, use_residual_blocks=False
+            layers.append(  # d passes for the density (see the module docstring)
+                nf.flows.MaskedAffineAutoregressive(
+                    d, hidden[0], num_blocks=len(hidden) - 1, use_residual_blocks=False
+                )
             )
-            layers.append(nf.flows.Reverse(made))  # density in one pass (see the docstring)
         if flow != "nsf":
             layers.append(nf.flows.Permute(d, mode="swap"))
     model = nf.NormalizingFlow(nf.distributions.DiagGaussian(d, trainable=False), layers)
@@ -385,6 +393,50 @@ def warm_up(library: str, dataset: str, flow: str, s: argparse.Namespace) -> Non
         pass
 
 
+def interleaved(dataset: str, flow: str, s: argparse.Namespace) -> list[dict]:
+    """Per-step time with the libraries interleaved, one record per library.
+
+    One model per library (seed 0) is warmed up, then ``s.rounds`` rounds each train every
+    library for ``s.block`` steps in turn (the models keep training; each block starts a fresh
+    optimizer, as a fit does). A load spike on a shared machine then hits every library
+    alike, and the fastest block of each (its minimum ms/step) is its speed on a quiet machine.
+    """
+    settings = resolve(dataset, s)
+    data = DATA[dataset]
+    budget = Budget(s.block, settings["batch_size"], settings["layers"])
+    models, times, errors = {}, {lib: [] for lib in s.libraries}, {}
+    for lib in s.libraries:
+        torch.manual_seed(0)
+        models[lib] = BUILDERS[lib](flow, data.train.shape[1], budget, tuple(settings["hidden"]))
+    load_before = os.getloadavg()[0]
+    for round_ in range(s.rounds + 1):  # round 0 warms up, untimed
+        for lib in s.libraries:
+            if lib in errors:
+                continue
+            steps = WARMUP_STEPS if round_ == 0 else s.block
+            try:
+                seconds = trainer(lib)(models[lib], data.train, steps, budget.batch_size, s.lr)
+            except NonFiniteLossError as error:
+                errors[lib] = str(error)
+                continue
+            if round_ > 0:
+                times[lib].append(1000 * seconds / steps)
+    load = [load_before, os.getloadavg()[0]]
+    out = []
+    for lib, blocks in times.items():
+        record = {"library": lib, "dataset": dataset, "flow": flow, **step_settings(dataset, s)}
+        if blocks:
+            record |= {
+                "ms_per_step_min": min(blocks),
+                "ms_per_step_median": statistics.median(blocks),
+                "ms_per_step_blocks": blocks,
+            }
+        if lib in errors:
+            record["error"] = errors[lib]
+        out.append(finite(record | {"load_avg": load, "versions": versions(lib)}))
+    return out
+
+
 def versions(library: str) -> dict:
     out = {"torch": torch.__version__, "python": platform.python_version()}
     if library == "flowvi":
@@ -441,6 +493,21 @@ def resolve(dataset: str, s: argparse.Namespace) -> dict:
 def key(record: dict) -> tuple:
     settings = tuple(tuple(v) if isinstance(v := record[name], list) else v for name in SETTINGS)
     return (record["library"], record["dataset"], record["flow"], record["seed"], *settings)
+
+
+STEP_SETTINGS = ("batch_size", "layers", "hidden", "lr", "block", "rounds")
+
+
+def step_settings(dataset: str, s: argparse.Namespace) -> dict:
+    settings = resolve(dataset, s) | {"block": s.block, "rounds": s.rounds}
+    return {name: settings[name] for name in STEP_SETTINGS}
+
+
+def step_key(record: dict) -> tuple:
+    settings = tuple(
+        tuple(v) if isinstance(v := record[name], list) else v for name in STEP_SETTINGS
+    )
+    return (record["library"], record["dataset"], record["flow"], *settings)
 
 
 # ----------------------------------------------------------------------------- tables
@@ -532,6 +599,46 @@ def tables(records: list[dict]) -> str:
     return "\n\n".join(out)
 
 
+def step_table(records: list[dict]) -> str:
+    """Markdown table of the interleaved per-step times: the fastest block of each library."""
+    if not records:
+        return ""
+    r0 = records[0]
+    rows = [
+        f"Interleaved per-step time, ms (fastest of {r0['rounds']} blocks of {r0['block']} "
+        "steps; median block in parentheses)",
+        "",
+        "| data | flow | " + " | ".join(LIBRARIES) + " | speed-up | ≥ 1.5× |",
+        "|---|---|" + "---:|" * len(LIBRARIES) + "---:|:---:|",
+    ]
+    for dataset in DATASETS:
+        for flow in FLOWS:
+            cell = {
+                r["library"]: r
+                for r in records
+                if (r["dataset"], r["flow"]) == (dataset, flow) and not r.get("error")
+            }
+            if not cell:
+                continue
+            best = {lib: cell[lib]["ms_per_step_min"] for lib in cell}
+            entries = [
+                f"{best[lib]:.2f} ({cell[lib]['ms_per_step_median']:.2f})" if lib in cell else "—"
+                for lib in LIBRARIES
+            ]
+            peers = [best[lib] for lib in cell if lib != "flowvi"]
+            ratio = min(peers) / best["flowvi"] if peers and "flowvi" in best else math.nan
+            met = "n/a" if math.isnan(ratio) else ("yes" if ratio >= 1.5 else "no")
+            rows.append(
+                f"| {dataset} | {flow} | {' | '.join(entries)} | {fmt(ratio, '.2f×')} | {met} |"
+            )
+    rows += [
+        "",
+        "speed-up: the fastest peer's ms/step ÷ flowvi's (fastest blocks); the same training "
+        "loops as the fits, one thread.",
+    ]
+    return "\n".join(rows)
+
+
 # ----------------------------------------------------------------------------- CLI
 
 
@@ -560,18 +667,31 @@ def parse_args(argv=None) -> argparse.Namespace:
         action="store_true",
         help=f"every combination for {SMOKE_STEPS} steps, one seed, results in a temporary file",
     )
-    parser.add_argument("--out", type=Path, help="default: benchmarks/results/density.json")
+    parser.add_argument(
+        "--interleaved",
+        action="store_true",
+        help="instead of the fits: per-step time in interleaved blocks (seed 0), robust to a "
+        "shared machine's load; default --out benchmarks/results/density_steps.json",
+    )
+    parser.add_argument("--block", type=int, default=200, help="steps per interleaved block")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved blocks per library")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="default: benchmarks/results/density.json (--interleaved: density_steps.json)",
+    )
     parser.add_argument("--markdown", action="store_true", help="print the tables of medians")
     args = parser.parse_args(argv)
     if args.smoke:
         args.steps = args.steps or SMOKE_STEPS
         args.seeds, args.samples, args.eval_points, args.repeats = [0], 500, 500, 1
         args.out = args.out or Path(tempfile.gettempdir()) / "flowvi-density-smoke.json"
-    args.out = args.out or Path("benchmarks/results/density.json")
+    default = "density_steps.json" if args.interleaved else "density.json"
+    args.out = args.out or Path("benchmarks/results") / default
     for name in ("steps", "batch_size", "layers"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be a positive integer")
-    for name in ("samples", "eval_points", "repeats"):
+    for name in ("samples", "eval_points", "repeats", "block", "rounds"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be a positive integer")
     if any(h < 1 for h in args.hidden) or not args.lr > 0:
@@ -595,6 +715,9 @@ def main(argv=None) -> None:
     for name in args.datasets:
         DATA[name] = load_data(name)
 
+    if args.interleaved:
+        main_interleaved(args)
+        return
     records = load_records(args.out)
     done = {key(r) for r in records}
     combos = [
@@ -630,6 +753,29 @@ def main(argv=None) -> None:
     if args.markdown:
         keys = {wanted(*combo) for combo in combos}
         print(tables([r for r in records if key(r) in keys]))
+
+
+def main_interleaved(args: argparse.Namespace) -> None:
+    records = load_records(args.out)
+    done = {step_key(r) for r in records}
+
+    def wanted(lib: str, name: str, flow: str) -> tuple:
+        return step_key(
+            {"library": lib, "dataset": name, "flow": flow, **step_settings(name, args)}
+        )
+
+    cells = [(name, flow) for name in args.datasets for flow in args.flows]
+    todo = [c for c in cells if any(wanted(lib, *c) not in done for lib in args.libraries)]
+    bar = tqdm(todo, desc="interleaved", unit="cell", disable=not todo)
+    for name, flow in bar:
+        bar.set_postfix_str(f"{name} {flow}")
+        new = interleaved(name, flow, args)
+        keys = {step_key(r) for r in new}
+        records = [r for r in records if step_key(r) not in keys] + new
+        save_records(args.out, records)
+    if args.markdown:
+        keys = {wanted(lib, *c) for c in cells for lib in args.libraries}
+        print(step_table([r for r in records if step_key(r) in keys]))
 
 
 if __name__ == "__main__":
