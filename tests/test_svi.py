@@ -9,7 +9,13 @@ import torch
 
 from flowvi.inference.cavi import cavi, elbo, initial_responsibilities, simulate, update_globals
 from flowvi.inference.cavi import update_locals as locals_of
-from flowvi.inference.svi import intermediate_params, natural_params, step_size, svi
+from flowvi.inference.svi import (
+    intermediate_params,
+    natural_params,
+    starting_params,
+    step_size,
+    svi,
+)
 
 F64 = torch.float64
 
@@ -51,11 +57,27 @@ def test_cavi_optimum_is_the_fixed_point_of_svi():
 
 def test_a_full_batch_unit_step_is_a_cavi_sweep():
     x = data(n=120, seed=4)
-    resp0 = initial_responsibilities(x, 3, generator=torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(0)
+    resp0 = initial_responsibilities(x, 3, init="random", generator=g)  # every row weighted
     one = svi(x, 3, prior_std=5.0, batch_size=120, steps=1, tau=0.0, kappa=1.0, init=resp0)
     sweep = cavi(x, 3, prior_std=5.0, init=resp0, tol=0, max_iter=1)
     assert torch.allclose(one.means, sweep.means, atol=1e-12, rtol=0)
     assert torch.allclose(one.variances, sweep.variances, atol=1e-14, rtol=0)
+
+
+def test_a_start_at_k_points_is_scaled_like_a_minibatch_of_k():
+    x = data(n=200, seed=7)
+    resp0 = initial_responsibilities(x, 3, generator=torch.Generator().manual_seed(0))
+    eta, precision = starting_params(x, resp0, prior_std=5.0)
+    points = x[resp0.argmax(0)]  # the three seed points
+    assert torch.allclose(precision, torch.full((3,), 200 / 3 + 1 / 25, dtype=F64), rtol=1e-14)
+    assert torch.allclose(eta, points * 200 / 3, rtol=1e-14)
+    dense = resp0 + 0.1
+    dense = dense / dense.sum(1, keepdim=True)
+    eta, precision = starting_params(x, dense, prior_std=5.0)  # all rows: CAVI's global step
+    eta_cavi, precision_cavi = natural_params(*update_globals(x, dense, prior_std=5.0))
+    assert torch.allclose(eta, eta_cavi, rtol=1e-13)
+    assert torch.allclose(precision, precision_cavi, rtol=1e-13)
 
 
 def test_svi_from_minibatches_reaches_the_cavi_optimum():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -220,14 +221,20 @@ def elbo_curves_figure(
     xlabel: str = "examples seen",
     ylabel: str = "ELBO per datum (nats)",
     title: str | None = None,
+    logy: bool = False,
 ) -> Path:
     """ELBO curves against a log-scale x axis (e.g. SVI for several minibatch sizes against
-    examples seen), one line per ``curves[label] = (x, elbo)``; ``reference`` a dashed
-    horizontal line. Points with x <= 0 are left out (log scale)."""
+    examples seen), one line per ``curves[label] = (x, y)``; ``reference`` a dashed
+    horizontal line; ``logy``: a log-scale y axis too (e.g. for gaps to an optimum). Points
+    outside a log axis (x <= 0, or y <= 0 with ``logy``) are left out."""
     fig, ax = plt.subplots(figsize=(6, 4))
     for k, (label, (xs, ys)) in enumerate(curves.items()):
-        kept = [(a, b) for a, b in zip(xs, ys, strict=True) if a > 0]
-        ax.semilogx(*zip(*kept, strict=True), "o-", color=f"C{k}", ms=3, label=label)
+        kept = [(a, b) for a, b in zip(xs, ys, strict=True) if a > 0 and (b > 0 or not logy)]
+        if kept:
+            ax.plot(*zip(*kept, strict=True), "o-", color=f"C{k}", ms=3, label=label)
+    ax.set_xscale("log")
+    if logy:
+        ax.set_yscale("log")
     if reference is not None:
         ax.axhline(reference, color="k", ls="--", lw=0.8, label=reference_label)
     ax.set_xlabel(xlabel)
@@ -250,3 +257,26 @@ def _save(fig, path: str | Path) -> Path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def vae_grid(
+    images: torch.Tensor,
+    path: str | Path,
+    *,
+    shape: tuple[int, ...],
+    title: str = "",
+    columns: int = 8,
+) -> Path:
+    """Pixel probabilities ``images: (n, D)`` in ``[0, 1]`` (a VAE decoder's Bernoulli means,
+    or binary images) as a grid of ``columns`` grey images of ``shape[-2:]``, row by row."""
+    x = images.detach().cpu().double().clamp(0, 1)
+    rows = math.ceil(len(x) / columns)
+    x = torch.cat([x, x.new_zeros(rows * columns - len(x), x.shape[1])])
+    h, w = shape[-2:]
+    tiles = x.reshape(rows, columns, h, w).permute(0, 2, 1, 3).reshape(rows * h, columns * w)
+    fig, ax = plt.subplots(figsize=(columns * 0.75, rows * 0.75 + 0.4))
+    ax.imshow(tiles.numpy(), cmap="gray", vmin=0, vmax=1)
+    ax.set_axis_off()
+    ax.set_title(title, fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)

@@ -18,6 +18,12 @@ With :math:`\nu_0 = \alpha_0 = 10^{14}` the remaining differences are :math:`O(N
 below 1e-6. Its ``means_`` are :math:`m_k` and ``1 / mean_precision_`` are :math:`s_k^2`. Its
 ``lower_bound_`` drops constants (and is a total), so compare fits by
 :func:`flowvi.inference.cavi.elbo` of both.
+
+Its stopping rule does not work in this setting: its lower bound then holds terms of order
+:math:`\nu_0 \ln \nu_0 \approx 10^{15}` (the Wishart and Dirichlet normalizers), so it is
+rounded to about 0.1-1 nats and its change between iterations is rounding noise, exactly 0 now
+and then, which scikit-learn takes for convergence. Run it for a fixed number of iterations
+(``tol=0``, ``max_iter`` = the iterations CAVI needed) to compare.
 """
 
 from __future__ import annotations

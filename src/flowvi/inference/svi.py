@@ -46,7 +46,6 @@ from flowvi.inference.cavi import (
     elbo,
     initial_responsibilities,
     log_predictive,
-    update_globals,
 )
 
 
@@ -79,6 +78,34 @@ def intermediate_params(
     resp = _local_step(batch, means, variances)[0]  # φᵀ, (K, B)
     scale = n / batch.shape[0]
     return scale * (resp @ batch), 1 / prior_std**2 + scale * resp.sum(1)
+
+
+def starting_params(x: Tensor, resp0: Tensor, *, prior_std: float) -> tuple[Tensor, Tensor]:
+    r"""The starting :math:`\lambda`: the global step from the starting responsibilities, with
+    the rows they weight taken as a minibatch, i.e. scaled by :math:`N / \#\{i: \sum_k
+    \varphi^{(0)}_{ik} > 0\}`.
+
+    With normalized rows on all the data this is CAVI's global step. A start at ``K`` points
+    (one-hot rows there, zero elsewhere: :func:`~flowvi.inference.cavi.initial_responsibilities`
+    with ``"kmeans++"`` or ``"data"``) is scaled by :math:`N/K`, so that the starting precisions
+    are on the scale of the data's, :math:`\approx N/K`, rather than :math:`\approx 1`: else
+    the first steps, whose :math:`\hat\lambda` carry precisions :math:`\approx N/K`, would
+    set the means from the first few minibatches alone, whatever :math:`\rho_t`, and with small
+    minibatches a component can be emptied early for good.
+
+    Args:
+        x: data, shape ``(N, d)``.
+        resp0: starting responsibilities, shape ``(N, K)``, non-negative.
+        prior_std: :math:`\sigma`.
+
+    Returns:
+        ``(η, precision)``: shapes ``(K, d)``, ``(K,)``.
+    """
+    rows = int((resp0.sum(1) > 0).sum())
+    if rows == 0:
+        raise ValueError("the starting responsibilities are all zero")
+    scale = x.shape[0] / rows
+    return scale * (resp0.T @ x), 1 / prior_std**2 + scale * resp0.sum(0)
 
 
 @dataclass
@@ -148,7 +175,7 @@ def svi(
             :math:`\kappa \in (0.5, 1]`.
         init: as for :func:`flowvi.inference.cavi.cavi`: one of
             :data:`~flowvi.inference.cavi.INITS` or starting responsibilities ``(N, K)``; the
-            starting :math:`q(\mu)` is the global CAVI step from them.
+            starting :math:`q(\mu)` is :func:`starting_params` of them.
         evaluations: number of full-data ELBO evaluations along the way (0: only the start and
             the end).
         seed: seed of the initialization and of the minibatches.
@@ -182,8 +209,8 @@ def svi(
     else:
         check_choice(init, INITS, "init")
         resp0 = initial_responsibilities(x, k, init=init, generator=generator)
-    means, variances = update_globals(x, resp0, prior_std=prior_std)
-    eta, precision = natural_params(means, variances)
+    eta, precision = starting_params(x, resp0, prior_std=prior_std)
+    means, variances = eta / precision[:, None], 1 / precision
 
     at = _evaluation_steps(steps, evaluations)
     rows = [(0, 0, math.nan, elbo(x, means, variances, prior_std=prior_std).item())]
