@@ -161,7 +161,7 @@ def cavi_table(records: list[dict]) -> str:
         "| N | d | K | ELBO/N flowvi | ELBO/N sklearn | held-out flowvi | held-out sklearn "
         "| max abs Δm | iters | s flowvi | s sklearn | ms/iter flowvi | ms/iter sklearn "
         "| speed-up | sklearn own stop: iters, ELBO/N gap | seeds |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|" + "---:|" * 16,
     ]
     for n, d, k in sorted({(r["n"], r["d"], r["k"]) for r in records}):
         g = [r for r in records if (r["n"], r["d"], r["k"]) == (n, d, k)]
