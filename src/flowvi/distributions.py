@@ -23,7 +23,9 @@ class StandardNormal(nn.Module):
         self.register_buffer("scale", torch.ones(d))
 
     def forward(self, context: Tensor | None = None) -> Distribution:
-        return Independent(Normal(self.loc, self.scale), 1)
+        return Independent(
+            Normal(self.loc, self.scale, validate_args=False), 1, validate_args=False
+        )
 
 
 class DiagonalGaussian(nn.Module):
@@ -39,7 +41,8 @@ class DiagonalGaussian(nn.Module):
         self.log_scale = nn.Parameter(torch.zeros(d))
 
     def forward(self, context: Tensor | None = None) -> Distribution:
-        return Independent(Normal(self.loc, torch.exp(self.log_scale)), 1)
+        scale = torch.exp(self.log_scale)
+        return Independent(Normal(self.loc, scale, validate_args=False), 1, validate_args=False)
 
 
 BASES = {"standard": StandardNormal, "diagonal": DiagonalGaussian}
