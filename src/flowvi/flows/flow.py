@@ -60,6 +60,8 @@ class FlowDistribution(TransformedDistribution):
         """
         if self._validate_args:
             self._validate_sample(value)
+            if not bool(torch.isfinite(value).all()):
+                raise ValueError("log_prob needs finite values: the input holds NaN or inf")
         z, ladj = self.flow.inv.call_and_ladj(value)
         return self.base_dist.log_prob(z) + ladj
 
