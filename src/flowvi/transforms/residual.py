@@ -109,7 +109,8 @@ class ResidualTransform(Transform):
     (``tol = 1e-10`` in float64, ``64 eps`` in lower precision). Gradients of the inverse are
     implicit, not unrolled: :math:`\partial z^*/\partial(x, \theta) = (I + J_g)^{-1}
     \partial(x - g)/\partial(x, \theta)`, the adjoint :math:`(I + J_g)^{-\top} v` found by the
-    same kind of contraction, so memory does not grow with the iteration count.
+    same kind of contraction, so memory does not grow with the iteration count (a custom
+    ``autograd.Function``: ``torch.func`` transforms of the inverse are not supported).
 
     Log-determinant :math:`\ln|\det J| = \ln\det(I + J_g)` (positive determinant as
     :math:`\rho(J_g) < 1`), by ``logdet``:
@@ -141,9 +142,9 @@ class ResidualTransform(Transform):
     Raises:
         ValueError: for mismatched shapes, ``lipschitz`` outside ``(0, 1)``, an unknown
             ``logdet``, or non-positive ``n_terms`` / ``n_probes``.
+        ValueError: from the inverse, for an input holding NaN or inf.
         RuntimeError: from the inverse, if the iteration has not converged after the number of
-            steps the Banach rate allows (the weights break the Lipschitz bound), or the input
-            is not finite.
+            steps the Banach rate allows (the weights break the Lipschitz bound).
 
     References:
         Behrmann, Grathwohl, Chen, Duvenaud, Jacobsen (2019), Invertible Residual Networks.
@@ -192,9 +193,10 @@ class ResidualTransform(Transform):
         """``g(z)`` and the hidden layers' activation slopes ``φ'(a_l): (*batch, h_l)``."""
         h, slopes = z, []
         for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
-            if i > 0:
-                slopes.append(lipswish_slope(h))
-                h = lipswish(h)
+            if i > 0:  # φ and φ' from one sigmoid: σ(-a) = 1 - σ(a)
+                sig = torch.sigmoid(h)
+                slopes.append(sig * (1 + h * (1 - sig)) / 1.1)
+                h = h * sig / 1.1
             h = torch.nn.functional.linear(h, w, b)
         return h, slopes
 
@@ -283,7 +285,7 @@ class _FixedPointInverse(torch.autograd.Function):
     @staticmethod
     def forward(ctx, t: ResidualTransform, x: Tensor, *params: Tensor) -> Tensor:
         if not bool(torch.isfinite(x).all()):
-            raise RuntimeError("the residual inverse needs a finite input")
+            raise ValueError("the residual inverse needs a finite input (no NaN or inf)")
         scale = 1 + x.abs()
         z = t._fixed_point(lambda z: x - t.g(z), x, scale)
         ctx.t = t
