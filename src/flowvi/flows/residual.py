@@ -70,9 +70,10 @@ class Residual(nn.Module):
     then :math:`\|\tilde W\|_2 = c\,\sigma/\hat\sigma` exceeds :math:`c`. So instead of the one
     step per call of Miyato et al. (2018) (which left :math:`\|\tilde W\|_2` up to 15% above
     :math:`c` in a 2-d fit with Adam, lr 1e-3, hidden (64, 64)), every call iterates until
-    :math:`\hat\sigma` is stable to ``1000 eps`` relative: to rounding level at construction,
-    in float64 and whenever the weights were replaced; while training in float32, about 20
-    steps (~2 ms) per call, leaving :math:`\|\tilde W\|_2 \le 1.01\,c` in that fit. The margin
+    :math:`\hat\sigma` is stable to ``1000 eps`` relative (at most :data:`POWER_MAX_ITER`
+    steps per call): near rounding level once the weights rest (after construction or a load,
+    in evaluation); while training in float32 about 20 steps (~2 ms on a CPU) per call, leaving
+    :math:`\|\tilde W\|_2 \le 1.01\,c` in that fit. The margin
     is ample: the layer stays invertible while every :math:`\hat\sigma` is within
     :math:`1 - c` relative (10% at ``c = 0.9``) of :math:`\sigma`. Gradients flow through
     :math:`\hat\sigma = u^\top W v` with ``u, v`` held fixed, as in Miyato et al. (2018).
