@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -256,3 +257,26 @@ def _save(fig, path: str | Path) -> Path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def vae_grid(
+    images: torch.Tensor,
+    path: str | Path,
+    *,
+    shape: tuple[int, ...],
+    title: str = "",
+    columns: int = 8,
+) -> Path:
+    """Pixel probabilities ``images: (n, D)`` in ``[0, 1]`` (a VAE decoder's Bernoulli means,
+    or binary images) as a grid of ``columns`` grey images of ``shape[-2:]``, row by row."""
+    x = images.detach().cpu().double().clamp(0, 1)
+    rows = math.ceil(len(x) / columns)
+    x = torch.cat([x, x.new_zeros(rows * columns - len(x), x.shape[1])])
+    h, w = shape[-2:]
+    tiles = x.reshape(rows, columns, h, w).permute(0, 2, 1, 3).reshape(rows * h, columns * w)
+    fig, ax = plt.subplots(figsize=(columns * 0.75, rows * 0.75 + 0.4))
+    ax.imshow(tiles.numpy(), cmap="gray", vmin=0, vmax=1)
+    ax.set_axis_off()
+    ax.set_title(title, fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)

@@ -1,0 +1,92 @@
+"""Binary image data for VAEs: digits and IDX sets (Fashion-MNIST, MNIST), binarized."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from flowvi import data
+from flowvi._checks import check_choice
+
+DATASETS = ("digits", "fashion-mnist", "mnist")
+BINARIZATIONS = ("static", "dynamic")
+
+
+@dataclass
+class BinarySplits:
+    """Train, validation and test images, ``(n, D)`` float64 in ``[0, 1]``.
+
+    ``train`` holds pixel intensities for dynamic binarization (a fresh Bernoulli draw per
+    batch, see :meth:`batch`) and binary pixels for static binarization; ``valid`` and ``test``
+    are always binary, fixed once. ``image_shape`` is ``(C, H, W)``.
+    """
+
+    train: Tensor
+    valid: Tensor
+    test: Tensor
+    image_shape: tuple[int, int, int]
+    dynamic: bool
+
+    def batch(self, index: Tensor) -> Tensor:
+        """The training images ``index``, binarized afresh (torch's global generator) if dynamic."""
+        x = self.train[index]
+        return torch.bernoulli(x) if self.dynamic else x
+
+
+def load_binary(
+    name: str,
+    *,
+    binarize: str = "static",
+    data_dir: str | None = None,
+    valid_fraction: float = 0.1,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+) -> BinarySplits:
+    """Binarized images, split reproducibly from ``seed``.
+
+    - ``digits`` (scikit-learn, 1797 8×8 images, levels 0..16): intensity ``level / 16``; a
+      random ``test_fraction`` / ``valid_fraction`` / rest split.
+    - ``fashion-mnist`` (``/usr/share/datasets/fashion-mnist`` or ``data_dir``), ``mnist``
+      (``data_dir`` of IDX files): intensity ``level / 255``; the official test set, and
+      ``valid_fraction`` of the training set for validation.
+
+    ``static`` binarization thresholds the intensity at 0.5 (Fashion-MNIST as in Cremer et al.
+    2018); ``dynamic`` draws ``Bernoulli(intensity)`` for each training batch and once, from
+    ``seed``, for the held-out images.
+
+    Raises:
+        ValueError: for an unknown name or binarization, or fractions outside (0, 0.5).
+        FileNotFoundError: for a missing IDX directory or file.
+    """
+    check_choice(name, DATASETS, "data set")
+    check_choice(binarize, BINARIZATIONS, "binarization")
+    for value, what in ((valid_fraction, "valid_fraction"), (test_fraction, "test_fraction")):
+        if not 0 < value < 0.5:
+            raise ValueError(f"{what} must lie in (0, 0.5), got {value}")
+    g = torch.Generator().manual_seed(seed)
+    if name == "digits":
+        x, _, shape = data.digits()
+        x = x / 16
+        order = torch.randperm(len(x), generator=g)
+        n_valid, n_test = round(valid_fraction * len(x)), round(test_fraction * len(x))
+        test, valid = x[order[:n_test]], x[order[n_test : n_test + n_valid]]
+        train = x[order[n_test + n_valid :]]
+    else:
+        if name == "mnist" and data_dir is None:
+            raise ValueError("MNIST is not installed here: give --data-dir with its IDX files")
+        directory = data_dir or data.FASHION_MNIST
+        images, _ = data.read_idx(directory, "train", dtype=torch.float64)
+        test, _ = data.read_idx(directory, "test", dtype=torch.float64)
+        images, test = images / 255, test / 255
+        order = torch.randperm(len(images), generator=g)
+        n_valid = round(valid_fraction * len(images))
+        valid, train = images[order[:n_valid]], images[order[n_valid:]]
+        side = round(images.shape[1] ** 0.5)
+        shape = (1, side, side)
+    if binarize == "static":
+        train, valid, test = ((x > 0.5).double() for x in (train, valid, test))
+    else:
+        valid, test = (torch.bernoulli(x, generator=g) for x in (valid, test))
+    return BinarySplits(train, valid, test, tuple(shape), binarize == "dynamic")

@@ -1,0 +1,357 @@
+"""``flowvi vae train`` and ``flowvi vae eval`` as runs: a configuration in, a directory out."""
+
+from __future__ import annotations
+
+import csv
+import io as _io
+import math
+import platform
+import time
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+from torch import Tensor
+
+import flowvi
+from flowvi._checks import check_choice, check_dim
+from flowvi.io import CONFIG, atomic_write, read_json, write_json, write_tensors
+from flowvi.objectives import beta_schedule
+from flowvi.run import DTYPES, resolve_device
+from flowvi.train import CHECKPOINT, EarlyStopping, NonFiniteLossError, make_optimizer, train
+from flowvi.vae.data import BINARIZATIONS, DATASETS, BinarySplits, load_binary
+from flowvi.vae.evaluate import log_likelihood, mean_and_se, mean_elbo
+from flowvi.vae.model import VAE
+from flowvi.vae.networks import BernoulliDecoder, Encoder
+from flowvi.vae.posterior import POSTERIORS, make_posterior
+
+WEIGHTS = "model.safetensors"
+OBJECTIVES = ("elbo", "iwae")
+
+
+@dataclass(frozen=True)
+class VAEConfig:
+    """Everything that determines a ``flowvi vae train`` run; saved as ``config.json``.
+
+    Sizes: ``hidden`` are the encoder's hidden layers (the last is the context ``h``), mirrored
+    by the decoder; ``flow_hidden`` the IAF MADEs'. Time in epochs: ``warmup`` (β rises from
+    ``beta0`` to 1 linearly), ``patience`` (validation every epoch), ``checkpoint_every``.
+    ``samples`` is the number of latent samples per datapoint of the training objective (``k``
+    for ``iwae``).
+    """
+
+    data: str = "digits"
+    data_dir: str | None = None
+    binarize: str = "static"
+    posterior: str = "planar"
+    length: int = 10
+    latent: int = 40
+    hidden: tuple[int, ...] = (300, 300)
+    flow_hidden: tuple[int, ...] = (320, 320)
+    objective: str = "elbo"
+    samples: int = 1
+    epochs: int = 100
+    batch_size: int = 100
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    warmup: int = 10
+    beta0: float = 0.01
+    patience: int = 20
+    valid_fraction: float = 0.1
+    test_fraction: float = 0.2
+    seed: int = 0
+    device: str = "cpu"
+    dtype: str = "float32"
+    checkpoint_every: int = 1
+    eval_samples: int = 5000
+    eval_chunk: int = 500
+
+    def validate(self) -> None:
+        """Refuse impossible settings before any work starts.
+
+        Raises:
+            ValueError: naming the setting and the accepted values.
+        """
+        check_choice(self.data, DATASETS, "data set")
+        check_choice(self.binarize, BINARIZATIONS, "binarization")
+        check_choice(self.posterior, POSTERIORS, "posterior")
+        check_choice(self.objective, OBJECTIVES, "objective")
+        check_choice(self.dtype, DTYPES, "dtype")
+        for name in ("length", "latent", "samples", "epochs", "batch_size", "patience"):
+            check_dim(getattr(self, name), "--" + name.replace("_", "-"))
+        for name in ("checkpoint_every", "eval_samples", "eval_chunk"):
+            check_dim(getattr(self, name), "--" + name.replace("_", "-"))
+        if len(self.hidden) == 0:
+            raise ValueError("--hidden needs at least one size (the encoder's context)")
+        for size in (*self.hidden, *self.flow_hidden):
+            check_dim(size, "hidden layer size")
+        if self.warmup < 0:
+            raise ValueError(f"--warmup must be >= 0 epochs, got {self.warmup}")
+        if not 0 < self.beta0 <= 1:
+            raise ValueError(f"--beta0 must lie in (0, 1], got {self.beta0}")
+        make_optimizer([torch.zeros(1, requires_grad=True)], self.optimizer, self.lr)
+        resolve_device(self.device)
+
+
+def make_vae(config: VAEConfig, D: int) -> VAE:
+    """The model of ``config`` for ``D`` pixels: MLP encoder, amortized posterior, MLP
+    Bernoulli decoder with the encoder's hidden sizes reversed."""
+    encoder = Encoder(D, config.hidden)
+    posterior = make_posterior(
+        config.posterior,
+        config.latent,
+        encoder.context_dim,
+        length=config.length,
+        hidden=config.flow_hidden,
+    )
+    decoder = BernoulliDecoder(config.latent, D, tuple(reversed(config.hidden)))
+    return VAE(encoder, posterior, decoder)
+
+
+def _splits(config: VAEConfig) -> BinarySplits:
+    return load_binary(
+        config.data,
+        binarize=config.binarize,
+        data_dir=config.data_dir,
+        valid_fraction=config.valid_fraction,
+        test_fraction=config.test_fraction,
+        seed=config.seed,
+    )
+
+
+def run_vae(
+    config: VAEConfig, directory: str | Path, *, resume: bool = False, progress: bool = True
+) -> dict[str, Any]:
+    """Train a VAE through :func:`flowvi.train.train` and write one run to ``directory``.
+
+    One iteration is one minibatch; epoch ``e`` visits the training set in the order of a
+    permutation drawn from ``seed + e`` (so a resumed run sees the same batches). The loss is
+    the negative warmed-up ELBO (β from ``beta0`` to 1 over ``warmup`` epochs) or the negative
+    IWAE bound (no warm-up). The validation loss, every epoch, is the negative ELBO of the
+    validation images with one latent sample each from a fixed random stream; training stops
+    after ``patience`` epochs without improvement and keeps the best parameters.
+
+    Writes ``config.json``, ``checkpoint.safetensors`` (every ``checkpoint_every`` epochs),
+    ``model.safetensors``, ``trace.csv`` (iteration, epoch, β, training loss, validation
+    -ELBO), ``train.json`` and the figures ``samples.png`` and ``reconstructions.png``.
+
+    Raises:
+        ValueError: for invalid settings or data, or an existing run without ``resume``.
+        flowvi.train.NonFiniteLossError: naming the epoch and batch of a NaN or infinite loss;
+            the checkpoint keeps the last good parameters.
+    """
+    config.validate()
+    directory = Path(directory)
+    if (directory / CONFIG).exists() and not resume:
+        raise ValueError(
+            f"{directory} already holds a run; continue it with --resume {directory} "
+            "or choose another --out"
+        )
+    if resume and not (directory / CHECKPOINT).exists():
+        raise ValueError(f"cannot resume {directory}: it has no {CHECKPOINT}")
+    splits = _splits(config)
+    device, dtype = resolve_device(config.device), DTYPES[config.dtype]
+    torch.manual_seed(config.seed)
+    D = splits.train.shape[1]
+    model = make_vae(config, D)
+    model.decoder.init_bias(splits.train.mean(0))
+    model = model.to(device=device, dtype=dtype)
+    train_x = splits.train.to(device=device, dtype=dtype)
+    valid_x = splits.valid.to(device=device, dtype=dtype)
+    write_json(directory / CONFIG, asdict(config) | _provenance(splits, device))
+
+    n = len(train_x)
+    per_epoch = math.ceil(n / config.batch_size)
+    anneal = config.warmup * per_epoch
+
+    def order(epoch: int) -> Tensor:
+        g = torch.Generator().manual_seed(config.seed + 1000 + epoch)
+        return torch.randperm(n, generator=g).to(device)
+
+    cache: dict[int, Tensor] = {}
+
+    def loss_fn(t: int) -> tuple[Tensor, dict[str, Tensor]]:
+        epoch, batch = divmod(t, per_epoch)
+        if epoch not in cache:
+            cache.clear()
+            cache[epoch] = order(epoch)
+        index = cache[epoch][batch * config.batch_size : (batch + 1) * config.batch_size]
+        x = train_x[index]
+        if splits.dynamic:
+            x = torch.bernoulli(x)
+        if config.objective == "iwae":
+            bound = model.iwae(x, config.samples)
+        else:
+            beta = beta_schedule(t, beta0=config.beta0, anneal_iters=anneal)
+            bound = model.elbo(x, samples=config.samples, beta=beta)
+        return -bound.mean(), {"bound per image": bound}
+
+    def valid_loss() -> Tensor:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(config.seed + 7)
+            return -mean_elbo(model, valid_x).mean()
+
+    stopper = EarlyStopping(valid_loss, every=per_epoch, patience=config.patience)
+    start = time.perf_counter()
+    try:
+        trace = train(
+            model,
+            loss_fn,
+            iters=config.epochs * per_epoch,
+            lr=config.lr,
+            optimizer=config.optimizer,
+            directory=directory,
+            resume=resume,
+            checkpoint_every=config.checkpoint_every * per_epoch,
+            progress=progress,
+            desc=f"vae {config.posterior}",
+            label="-bound",
+            early_stopping=stopper,
+        )
+    except NonFiniteLossError as error:
+        t = int(str(error).split("iteration ")[1].split()[0]) if "iteration " in str(error) else -1
+        epoch, batch = divmod(t, per_epoch)
+        raise NonFiniteLossError(f"epoch {epoch}, batch {batch}: {error}") from error
+    seconds = time.perf_counter() - start
+    save_vae(model, directory)
+    done = int((~torch.isnan(trace)).sum())
+    _write_trace(directory / "trace.csv", trace, stopper.trace, per_epoch, config)
+    summary = {
+        "valid_neg_elbo": stopper.best,
+        "best_epoch": stopper.best_iteration // per_epoch,
+        "epochs": math.ceil(done / per_epoch),
+        "iterations": done,
+        "iterations_per_epoch": per_epoch,
+        "stopped_early": stopper.stopped,
+        "train_seconds_this_session": seconds,
+        "units": "nats per image",
+    }
+    write_json(directory / "train.json", summary)
+    _figures(model, splits, directory)
+    return summary
+
+
+def save_vae(model: VAE, directory: str | Path) -> None:
+    """The model's weights (safetensors); its structure is ``config.json``."""
+    write_tensors(Path(directory) / WEIGHTS, model.state_dict())
+
+
+def load_vae(directory: str | Path, *, device: str = "cpu") -> tuple[VAE, VAEConfig]:
+    """The trained model of a run directory and its configuration.
+
+    Raises:
+        ValueError: if ``directory`` holds no finished ``flowvi vae`` run.
+    """
+    directory = Path(directory)
+    if not (directory / WEIGHTS).exists() or not (directory / CONFIG).exists():
+        raise ValueError(f"{directory} holds no finished flowvi vae run (no {WEIGHTS})")
+    config = vae_config(directory)
+    saved = read_json(directory / CONFIG)
+    model = make_vae(config, saved["D"])
+    model.load_state_dict(load_file(str(directory / WEIGHTS)))
+    return model.to(device=resolve_device(device), dtype=DTYPES[config.dtype]), config
+
+
+def evaluate_vae(
+    directory: str | Path,
+    *,
+    samples: int | None = None,
+    chunk: int | None = None,
+    device: str = "cpu",
+    seed: int = 0,
+) -> dict[str, Any]:
+    r"""Test :math:`-\mathrm{ELBO}` and :math:`-\ln p(x)` (importance sampling with ``samples``,
+    default the run's ``eval_samples``, 5000) of a trained run, with standard errors over the
+    test images; written to ``metrics.json`` and returned (nats per image)."""
+    model, config = load_vae(directory, device=device)
+    model.eval()
+    splits = _splits(config)
+    x = splits.test.to(device=next(model.parameters()).device, dtype=DTYPES[config.dtype])
+    k = samples or config.eval_samples
+    torch.manual_seed(seed)
+    start = time.perf_counter()
+    neg_elbo, elbo_se = mean_and_se(-mean_elbo(model, x))
+    nll, nll_se = mean_and_se(
+        -log_likelihood(model, x, samples=k, chunk=chunk or config.eval_chunk)
+    )
+    metrics = {
+        "test_neg_elbo": neg_elbo,
+        "test_neg_elbo_se": elbo_se,
+        "test_nll": nll,
+        "test_nll_se": nll_se,
+        "is_samples": k,
+        "n_test": len(x),
+        "eval_seconds": time.perf_counter() - start,
+        "units": "nats per binarized image; nll = -ln p(x) by importance sampling (IWAE bound)",
+    }
+    train_json = Path(directory) / "train.json"
+    if train_json.exists():
+        metrics["training"] = read_json(train_json)
+    write_json(Path(directory) / "metrics.json", metrics)
+    return metrics
+
+
+@torch.no_grad()
+def _figures(model: VAE, splits: BinarySplits, directory: Path) -> None:
+    from flowvi.plot import vae_grid
+
+    model.eval()
+    p = next(model.parameters())
+    z = torch.randn(64, model.d, device=p.device, dtype=p.dtype)
+    means = model.decoder(z).base_dist.probs
+    vae_grid(means, directory / "samples.png", shape=splits.image_shape, title="prior samples")
+    x = splits.test[:32].to(p)
+    recon = model.decoder(model.q(x).sample()).base_dist.probs
+    pairs = torch.stack([x.reshape(4, 8, -1), recon.reshape(4, 8, -1)], 1).reshape(64, -1)
+    vae_grid(
+        pairs,
+        directory / "reconstructions.png",
+        shape=splits.image_shape,
+        title="test images (odd rows) and reconstructions (even rows)",
+    )
+
+
+def _provenance(splits: BinarySplits, device: torch.device) -> dict[str, Any]:
+    return {
+        "D": splits.train.shape[1],
+        "image_shape": list(splits.image_shape),
+        "n": {"train": len(splits.train), "valid": len(splits.valid), "test": len(splits.test)},
+        "resolved_device": str(device),
+        "versions": {
+            "flowvi": flowvi.__version__,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+        },
+    }
+
+
+def _write_trace(path: Path, trace: Tensor, valid, per_epoch: int, config: VAEConfig) -> None:
+    at = {t - 1: value for t, value in valid}
+    anneal = config.warmup * per_epoch
+    buffer = _io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["iteration", "epoch", "beta", "train_loss", "valid_neg_elbo"])
+    for t, value in enumerate(trace.tolist()):
+        if math.isnan(value):
+            continue
+        beta = (
+            1.0
+            if config.objective == "iwae"
+            else beta_schedule(t, beta0=config.beta0, anneal_iters=anneal)
+        )
+        valid_value = f"{at[t]:.6g}" if t in at else ""
+        writer.writerow([t, t // per_epoch, f"{beta:.4g}", f"{value:.6g}", valid_value])
+    text = buffer.getvalue()
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def vae_config(directory: str | Path, **overrides: Any) -> VAEConfig:
+    """The :class:`VAEConfig` saved in a run directory, with ``overrides`` (e.g. ``epochs``)."""
+    saved = read_json(Path(directory) / CONFIG)
+    known = {f.name for f in fields(VAEConfig)}
+    values = {k: v for k, v in saved.items() if k in known}
+    for name in ("hidden", "flow_hidden"):
+        values[name] = tuple(values[name])
+    return replace(VAEConfig(**values), **{k: v for k, v in overrides.items() if v is not None})
