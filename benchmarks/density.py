@@ -513,11 +513,17 @@ def step_key(record: dict) -> tuple:
 # ----------------------------------------------------------------------------- tables
 
 
+def _nll(value: float, digits: int = 3) -> str:
+    """A log-likelihood in nats: fixed point, or 3 significant digits beyond 10⁴ in magnitude
+    (over-fitted models give such test NLLs)."""
+    return fmt(value, ".2e" if abs(value) >= 1e4 else f".{digits}f")
+
+
 def _spread(group: list[dict], field: str) -> str:
     values = [r[field] for r in group if r.get(field) is not None]
     if len(values) < 2:
         return ""
-    return f" ({min(values):.2f}–{max(values):.2f})"
+    return f" ({_nll(min(values), 2)} – {_nll(max(values), 2)})"
 
 
 def table(records: list[dict], dataset: str) -> str:
@@ -553,8 +559,8 @@ def table(records: list[dict], dataset: str) -> str:
             ms = median(group, "ms_per_step")
             n_params = group[0]["n_params"] if group else cell[lib][0].get("n_params")
             rows.append(
-                f"| {flow} | {lib} | {fmt(median(group, 'test_nll'), '.3f')}"
-                f"{_spread(group, 'test_nll')} | {fmt(median(group, 'train_nll'), '.3f')} "
+                f"| {flow} | {lib} | {_nll(median(group, 'test_nll'))}"
+                f"{_spread(group, 'test_nll')} | {_nll(median(group, 'train_nll'))} "
                 f"| {fmt(ms, '.2f')} | {fmt(ms / ms_flowvi, '.2f×')} "
                 f"| {fmt(median(group, 'samples_per_s'), ',.0f')} "
                 f"| {fmt(median(group, 'log_prob_per_s'), ',.0f')} | {n_params:,} "
@@ -571,7 +577,7 @@ def table(records: list[dict], dataset: str) -> str:
             fast = min(peers, key=lambda lib: _nan_last(median(ok[lib], "ms_per_step")))
             best_nll, fast_ms = median(ok[best], "test_nll"), median(ok[fast], "ms_per_step")
             goals.append(
-                f"| {flow} | {fmt(nll, '.3f')} | {fmt(best_nll, '.3f')} ({best}) "
+                f"| {flow} | {_nll(nll)} | {_nll(best_nll)} ({best}) "
                 f"| {'yes' if nll <= best_nll else 'no'} | {fmt(ms_flowvi, '.2f')} "
                 f"| {fmt(fast_ms, '.2f')} ({fast}) | {fmt(fast_ms / ms_flowvi, '.2f×')} "
                 f"| {'yes' if fast_ms / ms_flowvi >= 1.5 else 'no'} |"
