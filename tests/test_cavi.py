@@ -242,3 +242,22 @@ def test_cli_reads_a_file_and_refuses_bad_input(tmp_path, capsys):
     assert "no such data file" in capsys.readouterr().err
     assert main(["cavi", "--k", "0", "--out", str(tmp_path / "k0")]) == 2
     assert "--k" in capsys.readouterr().err
+
+
+def test_cli_svi_reaches_the_cavi_optimum(tmp_path, capsys):
+    common = ["--n", "2000", "--n-test", "200", "--k", "3", "--restarts", "3", "--seed", "2"]
+    assert main(["cavi", *common, "--out", str(tmp_path / "cavi")]) == 0
+    argv = ["cavi", "--method", "svi", *common, "--batch-size", "200", "--steps", "300"]
+    assert main([*argv, "--out", str(tmp_path / "svi")]) == 0
+    assert "300 steps, 30 epochs" in capsys.readouterr().out
+    exact = json.loads((tmp_path / "cavi" / "metrics.json").read_text())
+    fit = json.loads((tmp_path / "svi" / "metrics.json").read_text())
+    assert fit["method"] == "svi" and fit["examples"] == 60_000
+    assert abs(fit["elbo_per_datum"] - exact["elbo_per_datum"]) < 1e-3
+    assert abs(fit["heldout_log_predictive"] - exact["heldout_log_predictive"]) < 1e-3
+    trace = np.loadtxt(tmp_path / "svi" / "trace.csv", delimiter=",", skiprows=1, ndmin=2)
+    assert trace[0, 0] == 0 and trace[-1, 0] == 300 and trace[-1, 3] == fit["elbo"]
+    assert main([*argv, "--batch-size", "5000", "--out", str(tmp_path / "big")]) == 2
+    assert "exceeds the 2000 training points" in capsys.readouterr().err
+    assert main([*argv, "--kappa", "0.4", "--out", str(tmp_path / "k")]) == 2
+    assert "--kappa" in capsys.readouterr().err

@@ -221,14 +221,16 @@ def _estimators(args: argparse.Namespace) -> int:
 def _cavi_parser(commands) -> None:
     cavi = commands.add_parser(
         "cavi",
-        help="CAVI for a Bayesian mixture of unit-variance Gaussians (Blei et al. 2017)",
+        help="CAVI or SVI for a Bayesian mixture of unit-variance Gaussians (Blei et al. 2017)",
         description=(
             "Coordinate-ascent variational inference for the Bayesian mixture of K "
             "unit-variance Gaussians with N(0, σ² I) priors on the means (Blei, Kucukelbir & "
             "McAuliffe 2017, Section 3), keeping the best ELBO of several random restarts. "
             "Writes config.json, metrics.json (ELBO, per datum, iterations, restarts, held-out "
             "log predictive density per datum), trace.csv (the ELBO per iteration) and, for "
-            "2-D data, components.png. With no --data: points simulated from the model."
+            "2-D data, components.png. With no --data: points simulated from the model. "
+            "--method svi fits the same model by stochastic VI (Hoffman et al. 2013) from "
+            "minibatches, for data too large for full passes."
         ),
     )
     option = _options(cavi, CAVI_DEFAULTS)
@@ -237,6 +239,7 @@ def _cavi_parser(commands) -> None:
         help="a .npy or .csv table, one point per row, in units where the components have "
         "unit variance (none: simulated data)",
     )
+    option("--method", help="cavi (full passes) or svi (natural-gradient minibatch steps)")
     option("--k", "-K", type=int, help="number of components K")
     option("--prior-std", type=float, help="prior standard deviation σ of the component means")
     option("--init", help=f"initialization: {', '.join(INITS)}")
@@ -246,6 +249,10 @@ def _cavi_parser(commands) -> None:
     option("--n", type=int, help="simulated training points")
     option("--n-test", type=int, help="simulated held-out points")
     option("--dim", type=int, help="dimension of simulated data")
+    option("--batch-size", type=int, help="SVI: minibatch size |B|")
+    option("--steps", type=int, help="SVI: natural-gradient steps per restart")
+    option("--tau", type=float, help="SVI: delay τ of the step sizes ρ_t = (t + τ)^-κ")
+    option("--kappa", type=float, help="SVI: forgetting rate κ in (0.5, 1]")
     option("--test-fraction", type=float, help="held-out share of a --data file")
     option("--seed", type=int, help="random seed (data split or simulation, initializations)")
     option("--device", help="cpu, cuda, cuda:N or auto")
@@ -258,12 +265,17 @@ def _cavi(args: argparse.Namespace) -> int:
     given = {f.name: getattr(args, f.name) for f in fields(CAVIConfig) if hasattr(args, f.name)}
     config = CAVIConfig(**given)
     config.validate()
-    directory = args.out or Path("runs") / datetime.now().strftime("cavi-%Y%m%d-%H%M%S")
+    stamp = datetime.now().strftime(f"{config.method}-%Y%m%d-%H%M%S")
+    directory = args.out or Path("runs") / stamp
     m = run_cavi(config, directory)
-    state = "converged" if m["converged"] else "not converged"
+    if config.method == "cavi":
+        state = "converged" if m["converged"] else "not converged"
+        work = f"{m['iterations']} iterations ({state})"
+    else:
+        work = f"{m['steps']} steps, {m['epochs']:.3g} epochs"
     print(
         f"ELBO {m['elbo']:.4f} nats ({m['elbo_per_datum']:.4f} per point, {m['n_train']} "
-        f"points), {m['iterations']} iterations ({state}), best of {m['restarts']} restarts; "
+        f"points), {work}, best of {m['restarts']} restarts; "
         f"held-out log predictive {m['heldout_log_predictive']:.4f} "
         f"± {m['heldout_log_predictive_se']:.4f} nats per point -> {directory}"
     )

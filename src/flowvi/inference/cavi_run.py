@@ -1,4 +1,4 @@
-"""A CAVI fit as a run (``flowvi cavi``): configuration in, a directory of results out."""
+"""A CAVI or SVI fit as a run (``flowvi cavi``): configuration in, a directory of results out."""
 
 from __future__ import annotations
 
@@ -17,9 +17,12 @@ from torch import Tensor
 import flowvi
 from flowvi._checks import check_choice, check_dim
 from flowvi.data import read_table
-from flowvi.inference.cavi import INITS, CAVIResult, cavi, check_prior_std, simulate
+from flowvi.inference.cavi import INITS, CAVIResult, cavi, check_prior_std, simulate, update_locals
+from flowvi.inference.svi import SVIResult, svi
 from flowvi.io import CONFIG, atomic_write, write_json
 from flowvi.run import resolve_device
+
+METHODS = ("cavi", "svi")
 
 
 @dataclass(frozen=True)
@@ -30,9 +33,15 @@ class CAVIConfig:
     components have unit variance), of which ``test_fraction`` is held out at random; ``None``:
     ``n`` training and ``n_test`` held-out points simulated from the model itself with ``k``
     components in ``dim`` dimensions and the same ``prior_std``.
+
+    ``method``: ``"cavi"`` (full passes until the relative ELBO change is below ``tol``, at most
+    ``max_iter``) or ``"svi"`` (Hoffman et al. 2013: ``steps`` natural-gradient steps from
+    minibatches of ``batch_size``, step sizes ρ_t = (t + ``tau``)^-``kappa``). Both keep the best
+    final ELBO of ``restarts`` initializations (SVI restart r uses seed ``seed + r``).
     """
 
     data: str | None = None
+    method: str = "cavi"
     k: int = 5
     prior_std: float = 5.0
     init: str = "kmeans++"
@@ -42,6 +51,10 @@ class CAVIConfig:
     n: int = 1000
     n_test: int = 1000
     dim: int = 2
+    batch_size: int = 100
+    steps: int = 2000
+    tau: float = 1.0
+    kappa: float = 0.7
     test_fraction: float = 0.2
     seed: int = 0
     device: str = "cpu"
@@ -52,7 +65,8 @@ class CAVIConfig:
         Raises:
             ValueError: naming the setting (as its command-line flag) and what is accepted.
         """
-        for name in ("k", "restarts", "max_iter", "n", "n_test", "dim"):
+        check_choice(self.method, METHODS, "method")
+        for name in ("k", "restarts", "max_iter", "n", "n_test", "dim", "batch_size", "steps"):
             check_dim(getattr(self, name), "--" + name.replace("_", "-"))
         try:
             check_prior_std(self.prior_std)
@@ -63,6 +77,10 @@ class CAVIConfig:
         check_choice(self.init, INITS, "init")
         if not (math.isfinite(self.tol) and self.tol >= 0):
             raise ValueError(f"--tol must be a finite number >= 0, got {self.tol!r}")
+        if not (math.isfinite(self.tau) and self.tau >= 0):
+            raise ValueError(f"--tau must be a finite number >= 0, got {self.tau!r}")
+        if not 0.5 < self.kappa <= 1:
+            raise ValueError(f"--kappa must lie in (0.5, 1] (Robbins-Monro), got {self.kappa!r}")
         if not 0 < self.test_fraction < 1:
             raise ValueError(f"--test-fraction must lie in (0, 1), got {self.test_fraction!r}")
         resolve_device(self.device)
@@ -100,17 +118,18 @@ def load_data(config: CAVIConfig) -> tuple[Tensor, Tensor]:
 
 
 def run_cavi(config: CAVIConfig, directory: str | Path) -> dict[str, Any]:
-    """Fit by CAVI and write one run to ``directory``.
+    """Fit by CAVI or SVI (``config.method``) and write one run to ``directory``.
 
-    Writes ``config.json`` (the settings, the data sizes, versions), ``trace.csv`` (iteration,
-    ELBO and ELBO per datum of the kept restart, nats), ``metrics.json`` and, for 2-D data,
+    Writes ``config.json`` (the settings, the data sizes, versions), ``trace.csv`` (CAVI:
+    iteration, ELBO and ELBO per datum of the kept restart; SVI: step, examples seen, ρ_t and
+    the full-data ELBO at the evaluated steps; nats), ``metrics.json`` and, for 2-D data,
     ``components.png`` (the training data coloured by their most responsible component, each
     component's mean and the 1 and 2 standard-deviation circles of its predictive density).
     Returns the metrics.
 
     Raises:
-        ValueError: for invalid settings or data (before any work), or when ``directory``
-            already holds a run.
+        ValueError: for invalid settings or data (before any work; SVI also when
+            ``batch_size`` exceeds the training set), or when ``directory`` already holds a run.
         FileNotFoundError: for a missing data file.
     """
     config.validate()
@@ -118,23 +137,40 @@ def run_cavi(config: CAVIConfig, directory: str | Path) -> dict[str, Any]:
     if (directory / CONFIG).exists():
         raise ValueError(f"{directory} already holds a run; choose another --out")
     train, test = load_data(config)
+    if config.method == "svi" and config.batch_size > len(train):
+        raise ValueError(
+            f"--batch-size {config.batch_size} exceeds the {len(train)} training points"
+        )
     device = resolve_device(config.device)
     train, test = train.to(device), test.to(device)
     write_json(directory / CONFIG, asdict(config) | _provenance(train, test, device))
     start = time.perf_counter()
-    fit = cavi(
-        train,
-        config.k,
-        prior_std=config.prior_std,
-        init=config.init,
-        restarts=config.restarts,
-        tol=config.tol,
-        max_iter=config.max_iter,
-        seed=config.seed,
-    )
-    seconds = time.perf_counter() - start
-    metrics = _metrics(fit, test, seconds)
-    _write_trace(directory / "trace.csv", fit)
+    if config.method == "cavi":
+        fit = cavi(
+            train,
+            config.k,
+            prior_std=config.prior_std,
+            init=config.init,
+            restarts=config.restarts,
+            tol=config.tol,
+            max_iter=config.max_iter,
+            seed=config.seed,
+        )
+        seconds = time.perf_counter() - start
+        metrics = _metrics(fit, test, seconds)
+        header = ["iteration", "elbo", "elbo_per_datum"]
+        rows = [(t, v, v / fit.n) for t, v in enumerate(fit.trace.tolist(), 1)]
+        labels = fit.log_resp.argmax(-1)
+    else:
+        fits = [_svi(train, config, config.seed + r) for r in range(config.restarts)]
+        best = max(range(len(fits)), key=lambda r: fits[r].elbo)
+        fit = fits[best]
+        seconds = time.perf_counter() - start
+        metrics = _svi_metrics(fit, [f.elbo for f in fits], best, test, seconds)
+        header = ["step", "examples", "rho", "elbo", "elbo_per_datum"]
+        rows = [(int(t), int(e), rho, v, v / fit.n) for t, e, rho, v in fit.trace.tolist()]
+        labels = update_locals(train, fit.means, fit.variances).argmax(-1)
+    _write_trace(directory / "trace.csv", header, rows)
     write_json(directory / "metrics.json", metrics)
     if train.shape[1] == 2:
         from flowvi.plot import mixture_figure  # matplotlib only when a figure is drawn
@@ -144,19 +180,65 @@ def run_cavi(config: CAVIConfig, directory: str | Path) -> dict[str, Any]:
             fit.means,
             fit.variances,
             directory / "components.png",
-            labels=fit.log_resp.argmax(-1),
+            labels=labels,
             title=(
-                f"CAVI, K = {config.k}: ELBO {metrics['elbo_per_datum']:.3f} nats/point, "
+                f"{config.method.upper()}, K = {config.k}: "
+                f"ELBO {metrics['elbo_per_datum']:.3f} nats/point, "
                 f"held-out {metrics['heldout_log_predictive']:.3f}"
             ),
         )
     return metrics
 
 
-def _metrics(fit: CAVIResult, test: Tensor, seconds: float) -> dict[str, Any]:
+def _svi(train: Tensor, config: CAVIConfig, seed: int) -> SVIResult:
+    return svi(
+        train,
+        config.k,
+        prior_std=config.prior_std,
+        batch_size=config.batch_size,
+        steps=config.steps,
+        tau=config.tau,
+        kappa=config.kappa,
+        init=config.init,
+        seed=seed,
+    )
+
+
+def _heldout(fit: CAVIResult | SVIResult, test: Tensor) -> dict[str, float]:
     lpd = fit.log_predictive(test)
     se = float(lpd.std() / math.sqrt(len(lpd))) if len(lpd) > 1 else math.nan
+    return {"heldout_log_predictive": float(lpd.mean()), "heldout_log_predictive_se": se}
+
+
+def _svi_metrics(
+    fit: SVIResult, elbos: list[float], best: int, test: Tensor, seconds: float
+) -> dict[str, Any]:
     return {
+        "method": "svi",
+        "elbo": fit.elbo,
+        "elbo_per_datum": fit.elbo_per_datum,
+        "steps": fit.steps,
+        "examples": fit.examples,
+        "epochs": fit.examples / fit.n,
+        "restarts": len(elbos),
+        "best_restart": best,
+        "restart_elbos": elbos,
+        **_heldout(fit, test),
+        "n_train": fit.n,
+        "n_test": len(test),
+        "means": fit.means.cpu().tolist(),
+        "variances": fit.variances.cpu().tolist(),
+        "seconds": seconds,
+        "units": (
+            "elbo: total nats over the training data (optimal local factors), elbo_per_datum = "
+            "elbo / n_train; heldout_log_predictive: mean ln p(x*) over held-out points, nats"
+        ),
+    }
+
+
+def _metrics(fit: CAVIResult, test: Tensor, seconds: float) -> dict[str, Any]:
+    return {
+        "method": "cavi",
         "elbo": fit.elbo,
         "elbo_per_datum": fit.elbo_per_datum,
         "iterations": fit.iterations,
@@ -165,8 +247,7 @@ def _metrics(fit: CAVIResult, test: Tensor, seconds: float) -> dict[str, Any]:
         "best_restart": fit.best_restart,
         "restart_elbos": fit.restart_elbos,
         "restart_iterations": fit.restart_iterations,
-        "heldout_log_predictive": float(lpd.mean()),
-        "heldout_log_predictive_se": se,
+        **_heldout(fit, test),
         "n_train": fit.n,
         "n_test": len(test),
         "means": fit.means.cpu().tolist(),
@@ -194,11 +275,11 @@ def _provenance(train: Tensor, test: Tensor, device: torch.device) -> dict[str, 
     }
 
 
-def _write_trace(path: Path, fit: CAVIResult) -> None:
+def _write_trace(path: Path, header: list[str], rows: list[tuple]) -> None:
     buffer = _io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["iteration", "elbo", "elbo_per_datum"])
-    for t, value in enumerate(fit.trace.tolist(), 1):
-        writer.writerow([t, repr(value), repr(value / fit.n)])
+    writer.writerow(header)
+    for row in rows:
+        writer.writerow([v if isinstance(v, int) else repr(v) for v in row])
     text = buffer.getvalue()
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))
