@@ -83,6 +83,13 @@ def _extreme_raws(name, d):
             {"lower": m, "upper": 30 * m, "log_diag": 30 * ones, "bias": 30 * ones},
             {"lower": m, "upper": 1e-13 * m, "log_diag": -30 * ones, "bias": 0 * ones},
         ]
+    if name == "qr":  # R = diag(e^ℓ)(I + N): ℓ = ±30 scales R's rows, N stays O(1)
+        m = torch.randn(d, d, generator=g, dtype=F64) * 0.5
+        v = torch.randn(d, d, generator=g, dtype=F64)
+        return [
+            {"v": 30 * v, "upper": m, "log_diag": 30 * ones, "bias": 30 * ones},
+            {"v": 1e-30 * v, "upper": m, "log_diag": -30 * ones, "bias": 0 * ones},
+        ]
     if name.startswith("sylvester"):
         # r_ii r̃_ii = tanh(±30) tanh(∓30) rounds to -1 (exactly, 1 + r_ii r̃_ii ≈ 4e-26) or is
         # +1; Q from raw matrices scaled far up or down (Q depends only on their directions)

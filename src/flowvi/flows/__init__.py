@@ -14,6 +14,7 @@ from flowvi.flows.flow import FlowDistribution, NormalizingFlow
 from flowvi.flows.layer import Layer
 from flowvi.flows.layers import (
     LU,
+    QR,
     Affine,
     LeakyReLU,
     Permutation,
@@ -33,6 +34,7 @@ LAYERS: dict[str, type[nn.Module]] = {
     "affine": Affine,
     "triangular": TriangularAffine,
     "lu": LU,
+    "qr": QR,
     "permutation": Permutation,
     "reverse": Reverse,
     "nice": NICE,
@@ -71,7 +73,7 @@ def build(
 
     Args:
         flow: a name in :data:`LAYERS` (``planar``, ``radial``, ``affine``, ``triangular``,
-            ``lu``, ``permutation``, ``reverse``, ``nice``, ``realnvp``, ``maf``, ``iaf``,
+            ``lu``, ``qr``, ``permutation``, ``reverse``, ``nice``, ``realnvp``, ``maf``, ``iaf``,
             ``nsf``, ``nsf-ar``).
         d: dimension.
         length: number of layers ``K``.
@@ -162,6 +164,7 @@ __all__ = [
     "MAF",
     "NICE",
     "NSF",
+    "QR",
     "ActNorm",
     "Affine",
     "Coupling",

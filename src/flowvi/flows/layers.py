@@ -1,4 +1,5 @@
-"""Parameter modules for the planar, radial, affine, linear, permutation and elementwise layers."""
+"""Parameter modules for the planar, radial, affine, linear (LU, QR), permutation and elementwise
+layers."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from flowvi.transforms import (
     LUTransform,
     PermutationTransform,
     PlanarTransform,
+    QRTransform,
     RadialTransform,
     SigmoidTransform,
     TriangularAffineTransform,
@@ -117,6 +119,49 @@ class LU(Layer):
             d=d,
             context_dim=context_dim,
         )
+
+
+class QR(Layer):
+    r"""QR-decomposed invertible linear layer :math:`Q R z + c` (see :class:`QRTransform`).
+
+    :math:`Q` is a product of ``reflections`` Householder reflections and :math:`R` upper
+    triangular with diagonal :math:`e^{\ell}`; :math:`\ln|\det| = \sum_i \ell_i`. Starts at a
+    random orthogonal :math:`Q` (reflection vectors drawn from torch's generator), :math:`R = I`
+    and :math:`c = 0`: a volume-preserving random rotation or reflection, as Glow starts its
+    1×1 convolutions.
+
+    Args:
+        d: dimension of ``z``.
+        reflections: number of Householder reflections ``K``; default ``d`` (every orthogonal
+            ``d x d`` matrix is a product of at most ``d`` reflections).
+        context_dim: if given, the layer is amortized and needs ``context: (*batch, context_dim)``.
+
+    Raises:
+        ValueError: if ``d``, ``reflections`` or ``context_dim`` is not a positive integer.
+    """
+
+    transform = QRTransform
+
+    def __init__(
+        self, d: int, *, reflections: int | None = None, context_dim: int | None = None
+    ) -> None:
+        check_dim(d)
+        reflections = d if reflections is None else reflections
+        check_dim(reflections, "number of reflections")
+        super().__init__(
+            {
+                "v": torch.randn(reflections, d),
+                "upper": torch.zeros(d, d),
+                "log_diag": torch.zeros(d),
+                "bias": torch.zeros(d),
+            },
+            d=d,
+            context_dim=context_dim,
+        )
+        self.spec = {"reflections": reflections}
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", reflections={self.spec['reflections']}"
 
 
 class Permutation(nn.Module):

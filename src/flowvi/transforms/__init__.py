@@ -2,7 +2,7 @@
 
 from flowvi.transforms.base import ComposeTransform, Transform
 from flowvi.transforms.elementwise import AffineTransform, LeakyReLUTransform, SigmoidTransform
-from flowvi.transforms.linear import LUTransform, TriangularAffineTransform
+from flowvi.transforms.linear import LUTransform, QRTransform, TriangularAffineTransform
 from flowvi.transforms.permutation import PermutationTransform
 from flowvi.transforms.planar import PlanarTransform
 from flowvi.transforms.radial import RadialTransform
@@ -16,6 +16,7 @@ __all__ = [
     "LeakyReLUTransform",
     "PermutationTransform",
     "PlanarTransform",
+    "QRTransform",
     "RadialTransform",
     "ResidualTransform",
     "SigmoidTransform",
