@@ -4,36 +4,61 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torch.distributions import Independent, Normal, kl_divergence
+from torch.distributions import Distribution, Independent, Normal, kl_divergence
 
 from flowvi.flows import NormalizingFlow
 from flowvi.objectives import elbo, iwae
 
 
 class VAE(nn.Module):
-    r"""A deep latent-variable model :math:`p(z) p(x \mid z)`, :math:`p(z) = \mathcal N(0, I)`,
-    with the amortized posterior :math:`q(z \mid x)` = ``posterior(encoder(x))``.
+    r"""A deep latent-variable model :math:`p(z) p(x \mid z)`, :math:`p(z) = \mathcal N(0, I)`
+    or a learned flow, with the amortized posterior :math:`q(z \mid x)` =
+    ``posterior(encoder(x))``.
 
     Args:
         encoder: ``x: (*batch, D) -> h: (*batch, c)``, e.g. :class:`flowvi.vae.Encoder`.
         posterior: a :class:`flowvi.flows.NormalizingFlow` whose base and layers take ``h`` as
             context (see :func:`flowvi.vae.make_posterior`).
         decoder: ``z: (*batch, d) ->`` a distribution over ``x`` with event shape ``(D,)``.
+        prior: ``None`` for :math:`\mathcal N(0, I)`, or an unconditional
+            :class:`flowvi.flows.NormalizingFlow` over ``d`` latents trained with the model
+            (see :func:`flowvi.vae.make_prior`); its weights are ``prior_flow.*`` in the
+            state dict.
+
+    Raises:
+        ValueError: if the prior's event shape differs from the posterior's.
     """
 
-    def __init__(self, encoder: nn.Module, posterior: NormalizingFlow, decoder: nn.Module) -> None:
+    def __init__(
+        self,
+        encoder: nn.Module,
+        posterior: NormalizingFlow,
+        decoder: nn.Module,
+        *,
+        prior: NormalizingFlow | None = None,
+    ) -> None:
         super().__init__()
         self.encoder, self.posterior, self.decoder = encoder, posterior, decoder
         self.d = posterior.event_shape[-1]
+        if prior is not None and tuple(prior.event_shape) != (self.d,):
+            raise ValueError(
+                f"the prior's event shape {tuple(prior.event_shape)} differs from the "
+                f"posterior's ({self.d},)"
+            )
+        self.prior_flow = prior
         self.register_buffer("zero", torch.zeros(self.d))
 
     @property
     def flowless(self) -> bool:
-        """True for a diagonal-Gaussian posterior (no layers): its KL is analytic."""
-        return len(self.posterior.layers) == 0
+        """True for a diagonal-Gaussian posterior (no layers) and the standard-normal prior:
+        the KL is then analytic."""
+        return len(self.posterior.layers) == 0 and self.prior_flow is None
 
-    def prior(self) -> Independent:
-        """:math:`\\mathcal N(0, I_d)`, event shape ``(d,)``."""
+    def prior(self) -> Distribution:
+        r""":math:`p(z)`, event shape ``(d,)``: :math:`\mathcal N(0, I_d)`, or the flow prior's
+        :class:`flowvi.flows.FlowDistribution` (built afresh from its current parameters)."""
+        if self.prior_flow is not None:
+            return self.prior_flow()
         return Independent(Normal(self.zero, torch.ones_like(self.zero)), 1)
 
     def q(self, x: Tensor):
@@ -56,10 +81,10 @@ class VAE(nn.Module):
     ) -> Tensor:
         r"""The (warmed-up, see :func:`flowvi.objectives.elbo`) ELBO per datapoint, ``(*batch,)``.
 
-        With ``analytic`` and a diagonal posterior, the KL to the prior is exact
+        With ``analytic``, a diagonal posterior and the standard-normal prior, the KL is exact
         (:math:`\mathrm{KL} = \frac12 \sum_j (\mu_j^2 + \sigma_j^2 - 1 - \ln \sigma_j^2)`) and
-        only :math:`E_q \ln p(x \mid z)` is sampled; with a flow it is estimated by Monte Carlo,
-        since :math:`\mathrm{KL}(q_K \| p)` has no closed form.
+        only :math:`E_q \ln p(x \mid z)` is sampled; with a flow posterior or a flow prior it
+        is estimated by Monte Carlo, since :math:`\mathrm{KL}(q \| p)` has no closed form.
         """
         if analytic and self.flowless:
             q0 = self.posterior.base(self.encoder(x))

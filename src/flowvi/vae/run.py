@@ -26,6 +26,7 @@ from flowvi.vae.evaluate import log_likelihood, mean_and_se, mean_elbo
 from flowvi.vae.model import VAE
 from flowvi.vae.networks import BernoulliDecoder, Encoder
 from flowvi.vae.posterior import POSTERIORS, make_posterior
+from flowvi.vae.prior import PRIORS, make_prior
 
 WEIGHTS = "model.safetensors"
 OBJECTIVES = ("elbo", "iwae")
@@ -36,8 +37,10 @@ class VAEConfig:
     """Everything that determines a ``flowvi vae train`` run; saved as ``config.json``.
 
     Sizes: ``hidden`` are the encoder's hidden layers (the last is the context ``h``), mirrored
-    by the decoder; ``flow_hidden`` the IAF MADEs'. Time in epochs: ``warmup`` (β rises from
-    ``beta0`` to 1 linearly), ``patience`` (validation every epoch), ``checkpoint_every``.
+    by the decoder; ``flow_hidden`` the IAF MADEs' and the flow prior's networks. ``prior`` is
+    ``normal`` or a flow family of ``prior_length`` layers (:func:`flowvi.vae.make_prior`).
+    Time in epochs: ``warmup`` (β rises from ``beta0`` to 1 linearly), ``patience``
+    (validation every epoch), ``checkpoint_every``.
     ``samples`` is the number of latent samples per datapoint of the training objective (``k``
     for ``iwae``).
     """
@@ -50,6 +53,8 @@ class VAEConfig:
     latent: int = 40
     hidden: tuple[int, ...] = (300, 300)
     flow_hidden: tuple[int, ...] = (320, 320)
+    prior: str = "normal"
+    prior_length: int = 1
     objective: str = "elbo"
     samples: int = 1
     epochs: int = 100
@@ -77,11 +82,12 @@ class VAEConfig:
         check_choice(self.data, DATASETS, "data set")
         check_choice(self.binarize, BINARIZATIONS, "binarization")
         check_choice(self.posterior, POSTERIORS, "posterior")
+        check_choice(self.prior, PRIORS, "prior")
         check_choice(self.objective, OBJECTIVES, "objective")
         check_choice(self.dtype, DTYPES, "dtype")
-        for name in ("length", "latent", "samples", "epochs", "batch_size", "patience"):
+        for name in ("length", "prior_length", "latent", "samples", "epochs", "batch_size"):
             check_dim(getattr(self, name), "--" + name.replace("_", "-"))
-        for name in ("checkpoint_every", "eval_samples", "eval_chunk"):
+        for name in ("patience", "checkpoint_every", "eval_samples", "eval_chunk"):
             check_dim(getattr(self, name), "--" + name.replace("_", "-"))
         if len(self.hidden) == 0:
             raise ValueError("--hidden needs at least one size (the encoder's context)")
@@ -97,7 +103,7 @@ class VAEConfig:
 
 def make_vae(config: VAEConfig, D: int) -> VAE:
     """The model of ``config`` for ``D`` pixels: MLP encoder, amortized posterior, MLP
-    Bernoulli decoder with the encoder's hidden sizes reversed."""
+    Bernoulli decoder with the encoder's hidden sizes reversed, and the prior."""
     encoder = Encoder(D, config.hidden)
     posterior = make_posterior(
         config.posterior,
@@ -107,7 +113,10 @@ def make_vae(config: VAEConfig, D: int) -> VAE:
         hidden=config.flow_hidden,
     )
     decoder = BernoulliDecoder(config.latent, D, tuple(reversed(config.hidden)))
-    return VAE(encoder, posterior, decoder)
+    prior = make_prior(
+        config.prior, config.latent, length=config.prior_length, hidden=config.flow_hidden
+    )
+    return VAE(encoder, posterior, decoder, prior=prior)
 
 
 def _splits(config: VAEConfig) -> BinarySplits:
@@ -299,7 +308,7 @@ def _figures(model: VAE, splits: BinarySplits, directory: Path) -> None:
 
     model.eval()
     p = next(model.parameters())
-    z = torch.randn(64, model.d, device=p.device, dtype=p.dtype)
+    z = model.prior().sample((64,))  # through the flow prior, if any
     means = model.decoder(z).base_dist.probs
     vae_grid(means, directory / "samples.png", shape=splits.image_shape, title="prior samples")
     x = splits.test[:32].to(p)
