@@ -375,6 +375,8 @@ def _vae(args: argparse.Namespace) -> int:
         config = VAEConfig(**given)
         directory = args.out or Path("runs") / datetime.now().strftime("vae-%Y%m%d-%H%M%S")
     summary = run_vae(config, directory, resume=args.resume is not None, progress=not args.quiet)
+    if not summary:  # a data-parallel rank other than 0: rank 0 reports
+        return 0
     print(
         f"{config.data}, {config.posterior} K={config.length}: validation -ELBO "
         f"{summary['valid_neg_elbo']:.3f} nats (best epoch {summary['best_epoch']}) -> {directory}"

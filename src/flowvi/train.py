@@ -139,6 +139,7 @@ def train(
     desc: str = "train",
     label: str = "loss",
     early_stopping: EarlyStopping | None = None,
+    save: bool = True,
 ) -> Tensor:
     """Minimize ``loss_fn(t)`` over ``model``'s parameters for iterations ``t = 0 … iters - 1``.
 
@@ -153,6 +154,9 @@ def train(
     With ``early_stopping`` (see :class:`EarlyStopping`), a validation loss is evaluated every
     ``early_stopping.every`` iterations; training may stop before ``iters``, and the model ends
     with the parameters of the best validation loss.
+
+    With ``save=False`` no checkpoint is written (one is still read to ``resume``): the ranks
+    after the first of a data-parallel run, which hold the same parameters as rank 0.
 
     Returns:
         the loss at every iteration, shape ``(iters,)`` (NaN after an early stop).
@@ -178,7 +182,7 @@ def train(
         start = _load_checkpoint(path, model, opt, trace, early_stopping)
 
     def checkpoint(t: int) -> None:
-        if path is not None:
+        if path is not None and save:
             _save_checkpoint(path, model, opt, trace, t, early_stopping)
 
     stopped = early_stopping is not None and early_stopping.stopped

@@ -65,19 +65,40 @@ class VAE(nn.Module):
         r""":math:`q(z \mid x)` for ``x: (*batch, D)``, with batch shape ``*batch``."""
         return self.posterior(self.encoder(x))
 
-    def terms(self, x: Tensor, samples: int = 1) -> tuple[Tensor, Tensor, Tensor]:
+    def terms(
+        self, x: Tensor, samples: int = 1, *, noise: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
         r"""``(log_lik, log_prior, log_q)``, each ``(samples, *batch)`` nats, at
-        reparameterized :math:`z_s \sim q(z \mid x)` (one encoder pass for all samples)."""
-        z, log_q = self.q(x).rsample_and_log_prob((samples,))
+        reparameterized :math:`z_s \sim q(z \mid x)` (one encoder pass for all samples).
+
+        ``noise``: the standard-normal draws :math:`\epsilon` of the base, ``(samples, *batch,
+        d)``, instead of fresh ones (data-parallel training slices one global draw, so that
+        every rank uses the numbers a single process would), :math:`z_0 = \mu + \sigma
+        \epsilon`, exactly as the base's ``rsample``.
+        """
+        q = self.q(x)
+        if noise is None:
+            z, log_q = q.rsample_and_log_prob((samples,))
+        else:
+            z0 = q.base_dist.mean + noise * q.base_dist.stddev
+            z, ladj = q.flow.call_and_ladj(z0)
+            log_q = q.base_dist.log_prob(z0) - ladj
         return self.decoder(z).log_prob(x), self.prior().log_prob(z), log_q
 
-    def log_weights(self, x: Tensor, samples: int = 1) -> Tensor:
-        r""":math:`\ln w_s = \ln p(x, z_s) - \ln q(z_s \mid x)`, shape ``(samples, *batch)``."""
-        log_lik, log_prior, log_q = self.terms(x, samples)
+    def log_weights(self, x: Tensor, samples: int = 1, *, noise: Tensor | None = None) -> Tensor:
+        r""":math:`\ln w_s = \ln p(x, z_s) - \ln q(z_s \mid x)`, shape ``(samples, *batch)``
+        (``noise`` as in :meth:`terms`)."""
+        log_lik, log_prior, log_q = self.terms(x, samples, noise=noise)
         return log_lik + log_prior - log_q
 
     def elbo(
-        self, x: Tensor, *, samples: int = 1, beta: float = 1.0, analytic: bool = True
+        self,
+        x: Tensor,
+        *,
+        samples: int = 1,
+        beta: float = 1.0,
+        analytic: bool = True,
+        noise: Tensor | None = None,
     ) -> Tensor:
         r"""The (warmed-up, see :func:`flowvi.objectives.elbo`) ELBO per datapoint, ``(*batch,)``.
 
@@ -88,11 +109,12 @@ class VAE(nn.Module):
         """
         if analytic and self.flowless:
             q0 = self.posterior.base(self.encoder(x))
-            z = q0.rsample((samples,))
+            z = q0.rsample((samples,)) if noise is None else q0.mean + noise * q0.stddev
             log_lik = self.decoder(z).log_prob(x).mean(0)
             return log_lik - beta * kl_divergence(q0, self.prior())
-        return elbo(*self.terms(x, samples), beta=beta)
+        return elbo(*self.terms(x, samples, noise=noise), beta=beta)
 
-    def iwae(self, x: Tensor, samples: int) -> Tensor:
-        r"""The importance-weighted bound, k = ``samples`` (Burda et al. 2016), ``(*batch,)``."""
-        return iwae(self.log_weights(x, samples))
+    def iwae(self, x: Tensor, samples: int, *, noise: Tensor | None = None) -> Tensor:
+        r"""The importance-weighted bound, k = ``samples`` (Burda et al. 2016), ``(*batch,)``
+        (``noise`` as in :meth:`terms`)."""
+        return iwae(self.log_weights(x, samples, noise=noise))

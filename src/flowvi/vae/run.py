@@ -22,6 +22,7 @@ from flowvi.objectives import beta_schedule
 from flowvi.run import DTYPES, resolve_device
 from flowvi.train import CHECKPOINT, EarlyStopping, NonFiniteLossError, make_optimizer, train
 from flowvi.vae.data import BINARIZATIONS, DATASETS, BinarySplits, load_binary
+from flowvi.vae.distributed import DataParallel, world_size
 from flowvi.vae.evaluate import log_likelihood, mean_and_se, mean_elbo
 from flowvi.vae.model import VAE
 from flowvi.vae.networks import BernoulliDecoder, Encoder
@@ -30,6 +31,7 @@ from flowvi.vae.prior import PRIORS, make_prior
 
 WEIGHTS = "model.safetensors"
 OBJECTIVES = ("elbo", "iwae")
+MODELS = ("vae", "nlpca")
 
 
 @dataclass(frozen=True)
@@ -42,9 +44,11 @@ class VAEConfig:
     Time in epochs: ``warmup`` (β rises from ``beta0`` to 1 linearly), ``patience``
     (validation every epoch), ``checkpoint_every``.
     ``samples`` is the number of latent samples per datapoint of the training objective (``k``
-    for ``iwae``).
+    for ``iwae``). ``model = "nlpca"`` trains the nonlinear-PCA baseline instead
+    (:func:`flowvi.vae.pca.run_nlpca`, which lists the settings it uses).
     """
 
+    model: str = "vae"
     data: str = "digits"
     data_dir: str | None = None
     binarize: str = "static"
@@ -79,6 +83,7 @@ class VAEConfig:
         Raises:
             ValueError: naming the setting and the accepted values.
         """
+        check_choice(self.model, MODELS, "model")
         check_choice(self.data, DATASETS, "data set")
         check_choice(self.binarize, BINARIZATIONS, "binarization")
         check_choice(self.posterior, POSTERIORS, "posterior")
@@ -146,11 +151,20 @@ def run_vae(
     ``model.safetensors``, ``trace.csv`` (iteration, epoch, β, training loss, validation
     -ELBO), ``train.json`` and the figures ``samples.png`` and ``reconstructions.png``.
 
+    Under ``torchrun --nproc_per_node=N`` (``WORLD_SIZE > 1``) training is data-parallel: each
+    rank takes a shard of every global batch of ``batch_size`` images and the result equals a
+    single process's to float rounding (:mod:`flowvi.vae.distributed`); only rank 0 writes,
+    and the other ranks return ``{}`` instead of the training summary.
+
     Raises:
         ValueError: for invalid settings or data, or an existing run without ``resume``.
         flowvi.train.NonFiniteLossError: naming the epoch and batch of a NaN or infinite loss;
             the checkpoint keeps the last good parameters.
     """
+    if config.model == "nlpca":  # the deterministic baseline (flowvi.vae.pca)
+        from flowvi.vae.pca import run_nlpca
+
+        return run_nlpca(config, directory, resume=resume, progress=progress)
     config.validate()
     directory = Path(directory)
     if (directory / CONFIG).exists() and not resume:
@@ -160,8 +174,13 @@ def run_vae(
         )
     if resume and not (directory / CHECKPOINT).exists():
         raise ValueError(f"cannot resume {directory}: it has no {CHECKPOINT}")
-    splits = _splits(config)
     device, dtype = resolve_device(config.device), DTYPES[config.dtype]
+    ddp = DataParallel.start(device) if world_size() > 1 else None
+    if ddp is not None:
+        device, progress = ddp.device, progress and ddp.main
+        ddp.barrier()  # every rank has checked the directory before rank 0 writes to it
+    writes = ddp is None or ddp.main
+    splits = _splits(config)
     torch.manual_seed(config.seed)
     D = splits.train.shape[1]
     model = make_vae(config, D)
@@ -169,7 +188,9 @@ def run_vae(
     model = model.to(device=device, dtype=dtype)
     train_x = splits.train.to(device=device, dtype=dtype)
     valid_x = splits.valid.to(device=device, dtype=dtype)
-    write_json(directory / CONFIG, asdict(config) | _provenance(splits, device))
+    if writes:
+        write_json(directory / CONFIG, asdict(config) | _provenance(splits, device))
+    shared = None if ddp is None else ddp.wrap(model)
 
     n = len(train_x)
     per_epoch = math.ceil(n / config.batch_size)
@@ -190,6 +211,12 @@ def run_vae(
         x = train_x[index]
         if splits.dynamic:
             x = torch.bernoulli(x)
+        if shared is not None:
+            beta = beta_schedule(t, beta0=config.beta0, anneal_iters=anneal)
+            beta = 1.0 if config.objective == "iwae" else beta
+            return ddp.loss(
+                shared, x, objective=config.objective, samples=config.samples, beta=beta
+            )
         if config.objective == "iwae":
             bound = model.iwae(x, config.samples)
         else:
@@ -218,12 +245,17 @@ def run_vae(
             desc=f"vae {config.posterior}",
             label="-bound",
             early_stopping=stopper,
+            save=writes,
         )
     except NonFiniteLossError as error:
         t = int(str(error).split("iteration ")[1].split()[0]) if "iteration " in str(error) else -1
         epoch, batch = divmod(t, per_epoch)
         raise NonFiniteLossError(f"epoch {epoch}, batch {batch}: {error}") from error
     seconds = time.perf_counter() - start
+    if ddp is not None:
+        ddp.close()
+    if not writes:
+        return {}
     save_vae(model, directory)
     done = int((~torch.isnan(trace)).sum())
     _write_trace(directory / "trace.csv", trace, stopper.trace, per_epoch, config)
@@ -257,6 +289,8 @@ def load_vae(directory: str | Path, *, device: str = "cpu") -> tuple[VAE, VAECon
     if not (directory / WEIGHTS).exists() or not (directory / CONFIG).exists():
         raise ValueError(f"{directory} holds no finished flowvi vae run (no {WEIGHTS})")
     config = vae_config(directory)
+    if config.model == "nlpca":
+        raise ValueError(f"{directory} holds a nonlinear PCA: load it with pca.load_nlpca")
     saved = read_json(directory / CONFIG)
     model = make_vae(config, saved["D"])
     model.load_state_dict(load_file(str(directory / WEIGHTS)))
@@ -273,7 +307,13 @@ def evaluate_vae(
 ) -> dict[str, Any]:
     r"""Test :math:`-\mathrm{ELBO}` and :math:`-\ln p(x)` (importance sampling with ``samples``,
     default the run's ``eval_samples``, 5000) of a trained run, with standard errors over the
-    test images; written to ``metrics.json`` and returned (nats per image)."""
+    test images; written to ``metrics.json`` and returned (nats per image). A nonlinear-PCA
+    run gets :func:`flowvi.vae.pca.evaluate_nlpca` (test reconstruction error) instead."""
+    if (Path(directory) / CONFIG).exists():
+        if read_json(Path(directory) / CONFIG).get("model") == "nlpca":
+            from flowvi.vae.pca import evaluate_nlpca
+
+            return evaluate_nlpca(directory, device=device)
     model, config = load_vae(directory, device=device)
     model.eval()
     splits = _splits(config)
