@@ -65,6 +65,44 @@ def fit_figure(
     return _save(fig, path)
 
 
+def flow_panels_figure(
+    images: Sequence[Sequence[torch.Tensor]],
+    boxes: Sequence[tuple[tuple[float, float], tuple[float, float]]],
+    path: str | Path,
+    *,
+    row_labels: Sequence[str],
+    column_labels: Sequence[str],
+) -> Path:
+    """A grid of densities, ``images[i][j]: (n, n)`` drawn over ``boxes[i]`` (one box per row,
+    shared by its panels): the layout of Rezende & Mohamed (2015), Figure 1 (rows: base and
+    layer family; columns: the base, then K layers). Each panel's colour scale ends at the 99.5th
+    percentile of its nonzero values, so that the thin, very high ridges that contracting layers
+    make saturate instead of darkening the rest; zero density stays at the bottom colour."""
+    rows, cols = len(images), len(column_labels)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.2 * rows), squeeze=False)
+    for i, (row, box) in enumerate(zip(images, boxes, strict=True)):
+        for j, image in enumerate(row):
+            ax = axes[i, j]
+            image = image.detach().cpu().double()
+            positive = image[image > 0].sort().values
+            top = float(positive[int(0.995 * (len(positive) - 1))]) if len(positive) else 1.0
+            ax.imshow(
+                image.numpy(),
+                origin="lower",
+                extent=(*box[0], *box[1]),
+                cmap="viridis",
+                vmin=0.0,
+                vmax=top,
+            )
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(column_labels[j], fontsize=10)
+        axes[i, 0].set_ylabel(row_labels[i], fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def trace_figure(traces: dict[str, torch.Tensor], path: str | Path) -> Path:
     """The loss traces (nats) against iteration, one line per run."""
     fig, ax = plt.subplots(figsize=(6, 3.5))
