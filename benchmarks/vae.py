@@ -1,0 +1,251 @@
+"""Benchmark: VAE posteriors (issue 4), diagonal Gaussian against amortized flows.
+
+Every model has the same MLP encoder and Bernoulli decoder (``--hidden``, default 300-300,
+mirrored; latent ``--latent``, default 40); only the posterior differs: diagonal Gaussian,
+planar and radial (K = ``--planar-length``, 10), Sylvester O/H/T and IAF (K = ``--length``, 4),
+each amortized on the encoder's context (:func:`flowvi.vae.make_posterior`). Each model is trained
+by :func:`flowvi.vae.run.run_vae` (the ``flowvi vae train`` run: Adam, KL warm-up, validation
+-ELBO every epoch, early stopping, best parameters kept) into ``--runs/<data>-<posterior>``.
+
+Data: ``fashion-mnist`` (Debian package ``dataset-fashion-mnist``) thresholded at 0.5 as in
+Cremer et al. (2018), 54,000 training / 6,000 validation images and the official 10,000 test
+images; ``digits`` (scikit-learn, 8×8) with the ``flowvi vae train`` defaults.
+
+Scores, in nats per image, by the same code for every model:
+
+- test -ELBO on the whole test set (one latent sample per image, analytic KL for the diagonal
+  posterior), with its standard error;
+- test -ln p(x) by importance sampling with k = ``--eval-samples`` (5000, Burda et al.) on
+  ``--eval-points`` test images drawn by a fixed permutation (seed 0), the same images for every
+  model, with its standard error and the paired difference to the diagonal model (mean and
+  standard error of the per-image differences, which cancels the images' own spread).
+
+Timings, one thread (``torch.set_num_threads(1)``): s/epoch = training wall time ÷ epochs run
+(each epoch includes its validation pass); eval s = wall time of the importance-sampled -ln p(x)
+on the ``--eval-points`` images. On a shared machine they vary with the load.
+
+    python benchmarks/vae.py --markdown                       # Fashion-MNIST, all posteriors
+    python benchmarks/vae.py --data digits --epochs 100 --warmup 10 --markdown
+    python benchmarks/vae.py --smoke --markdown               # a tiny budget, a minute
+
+Results go to ``--out`` (default ``benchmarks/results/vae.json``), one record per data set ×
+posterior × settings; records already there are skipped, and an interrupted training run is
+resumed from its checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import platform
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import finite, fmt, load_records, one_thread, save_records
+
+import flowvi
+from flowvi.train import CHECKPOINT
+from flowvi.vae.evaluate import log_likelihood, mean_and_se, mean_elbo
+from flowvi.vae.run import WEIGHTS, VAEConfig, _splits, load_vae, run_vae
+
+RESULTS = Path("benchmarks/results")
+POSTERIORS = ("diagonal", "planar", "radial", "sylvester-o", "sylvester-h", "sylvester-t", "iaf")
+
+
+def lengths(s: argparse.Namespace) -> dict[str, int]:
+    """Flow length K of each posterior: planar and radial ``--planar-length`` (10, Rezende &
+    Mohamed's Table 2 column), Sylvester and IAF ``--length`` (richer, costlier layers)."""
+    short = {"diagonal": 1, "planar": s.planar_length, "radial": s.planar_length}
+    return {p: short.get(p, s.length) for p in POSTERIORS}
+
+
+def settings(s: argparse.Namespace) -> dict:
+    return {
+        "data": s.data,
+        "epochs": s.epochs,
+        "warmup": s.warmup,
+        "latent": s.latent,
+        "hidden": list(s.hidden),
+        "batch_size": s.batch_size,
+        "eval_points": s.eval_points,
+        "eval_samples": s.eval_samples,
+        "seed": s.seed,
+    }
+
+
+def key(r: dict) -> tuple:
+    return tuple(str(r[k]) for k in ("posterior", "length", *settings_keys()))
+
+
+def settings_keys() -> tuple[str, ...]:
+    return ("data", "epochs", "warmup", "latent", "hidden", "batch_size", "eval_points")
+
+
+def run_one(posterior: str, length: int, s: argparse.Namespace) -> dict:
+    config = VAEConfig(
+        data=s.data,
+        posterior=posterior,
+        length=length,
+        latent=s.latent,
+        hidden=tuple(s.hidden),
+        epochs=s.epochs,
+        warmup=s.warmup,
+        patience=max(s.epochs, 1),
+        batch_size=s.batch_size,
+        seed=s.seed,
+        eval_samples=s.eval_samples,
+    )
+    directory = s.runs / f"{s.data}-{posterior}-K{length}-e{s.epochs}"
+    train_info: dict = {}
+    if not (directory / WEIGHTS).exists():
+        resume = (directory / CHECKPOINT).exists()
+        if not resume and directory.exists():
+            for path in directory.iterdir():  # a run that stopped before its first checkpoint
+                path.unlink()
+        train_info = run_vae(config, directory, resume=resume, progress=s.progress)
+    else:
+        train_info = _read(directory / "train.json")
+    model, config = load_vae(directory)
+    model.eval()
+    splits = _splits(config)
+    x = splits.test.to(torch.float32)
+    torch.manual_seed(s.seed)
+    neg_elbo = -mean_elbo(model, x)
+    pick = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[: s.eval_points]
+    start = time.perf_counter()
+    nll = -log_likelihood(model, x[pick], samples=s.eval_samples)
+    eval_seconds = time.perf_counter() - start
+    elbo_mean, elbo_se = mean_and_se(neg_elbo)
+    sub_mean, sub_se = mean_and_se(neg_elbo[pick])
+    nll_mean, nll_se = mean_and_se(nll)
+    epochs_run = train_info.get("epochs", math.nan)
+    seconds = train_info.get("train_seconds_this_session", math.nan)
+    return finite(
+        {
+            "posterior": posterior,
+            "length": length,
+            **settings(s),
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "n_train": len(splits.train),
+            "n_test": len(x),
+            "epochs_run": epochs_run,
+            "best_epoch": train_info.get("best_epoch", math.nan),
+            "valid_neg_elbo": train_info.get("valid_neg_elbo", math.nan),
+            "train_seconds": seconds,
+            "epoch_seconds": seconds / epochs_run if epochs_run else math.nan,
+            "test_neg_elbo": elbo_mean,
+            "test_neg_elbo_se": elbo_se,
+            "subset_neg_elbo": sub_mean,
+            "subset_neg_elbo_se": sub_se,
+            "test_nll": nll_mean,
+            "test_nll_se": nll_se,
+            "eval_seconds": eval_seconds,
+            "nll_per_image": [round(v, 4) for v in nll.tolist()],
+            "versions": {
+                "flowvi": flowvi.__version__,
+                "torch": torch.__version__,
+                "python": platform.python_version(),
+            },
+            "machine": f"{platform.machine()}, {torch.get_num_threads()} thread(s)",
+            "config": {k: v for k, v in asdict(config).items() if k != "data_dir"},
+        }
+    )
+
+
+def _read(path: Path) -> dict:
+    import json
+
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def table(records: list[dict], data: str) -> str:
+    group = [r for r in records if r["data"] == data]
+    if not group:
+        return ""
+    base = next((r for r in group if r["posterior"] == "diagonal"), None)
+    lines = [
+        "| posterior | K | params | epochs | test -ELBO | -ln p(x) | Δ vs diagonal | s/epoch "
+        "| ×diag | eval s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in group:
+        delta, ratio = "", ""
+        if (
+            base is not None
+            and r is not base
+            and len(r["nll_per_image"]) == len(base["nll_per_image"])
+        ):
+            diff = torch.tensor(r["nll_per_image"]) - torch.tensor(base["nll_per_image"])
+            m, se = mean_and_se(diff)
+            delta = f"{m:+.2f} ± {se:.2f}"
+        if base is not None and base.get("epoch_seconds") and r.get("epoch_seconds"):
+            ratio = f"{r['epoch_seconds'] / base['epoch_seconds']:.2f}×"
+        k = "" if r["posterior"] == "diagonal" else str(r["length"])
+        lines.append(
+            f"| {r['posterior']} | {k} | {r['parameters'] / 1e6:.2f}M | {r['epochs_run']} "
+            f"| {r['test_neg_elbo']:.2f} ± {r['test_neg_elbo_se']:.2f} "
+            f"| {r['test_nll']:.2f} ± {r['test_nll_se']:.2f} | {delta} "
+            f"| {fmt(r['epoch_seconds'] or math.nan, '.1f')} | {ratio} "
+            f"| {fmt(r['eval_seconds'], '.0f')} |"
+        )
+    return "\n".join(lines)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", default="fashion-mnist", choices=["fashion-mnist", "digits"])
+    parser.add_argument("--posteriors", nargs="+", default=list(POSTERIORS), choices=POSTERIORS)
+    parser.add_argument("--planar-length", type=int, default=10, help="K of planar and radial")
+    parser.add_argument("--length", type=int, default=4, help="K of Sylvester and IAF")
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=1, help="epochs of KL warm-up")
+    parser.add_argument("--latent", type=int, default=40)
+    parser.add_argument("--hidden", type=int, nargs="+", default=[300, 300])
+    parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--eval-points", type=int, default=500, help="test images for -ln p(x)")
+    parser.add_argument("--eval-samples", type=int, default=5000, help="importance samples k")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--runs", type=Path, default=Path("runs/bench-vae"))
+    parser.add_argument("--out", type=Path, default=RESULTS / "vae.json")
+    parser.add_argument("--progress", action="store_true", help="progress bars")
+    parser.add_argument("--markdown", action="store_true", help="print the table")
+    parser.add_argument(
+        "--smoke", action="store_true", help="digits, 2 epochs, k = 50: checks the script"
+    )
+    s = parser.parse_args(argv)
+    if s.smoke:
+        s.data, s.epochs, s.warmup, s.eval_samples, s.eval_points = "digits", 2, 1, 50, 50
+        s.out, s.runs = Path("/tmp/flowvi-vae-smoke.json"), Path("/tmp/flowvi-vae-smoke")
+    return s
+
+
+def main(argv=None) -> None:
+    s = parse_args(argv)
+    one_thread()
+    records = load_records(s.out)
+    done = {key(r) for r in records}
+    for posterior in s.posteriors:
+        length = lengths(s)[posterior]
+        probe = {"posterior": posterior, "length": length, **settings(s)}
+        if key(probe) in done:
+            continue
+        record = run_one(posterior, length, s)
+        records.append(record)
+        save_records(s.out, records)
+        print(
+            f"{s.data} {posterior} K={length}: -ELBO {record['test_neg_elbo']:.2f}, "
+            f"-ln p(x) {record['test_nll']:.2f} ± {record['test_nll_se']:.2f} nats, "
+            f"{record['epoch_seconds']:.1f} s/epoch, eval {record['eval_seconds']:.0f} s",
+            flush=True,
+        )
+    if s.markdown:
+        print(table(records, s.data))
+
+
+if __name__ == "__main__":
+    main()
