@@ -1,8 +1,10 @@
-"""Metrics of a fitted q against a target, in nats: free energy, ln Z, KL, ESS, mass outside."""
+"""Metrics of a fitted q against a target, in nats: free energy, ln Z, KL, ESS, PSIS k-hat,
+mass outside."""
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -61,6 +63,75 @@ def effective_sample_size(log_w: Tensor) -> Tensor:
     return torch.exp(2 * torch.logsumexp(log_w, 0) - torch.logsumexp(2 * log_w, 0))
 
 
+def psis_khat(log_weights: Tensor) -> float | Tensor:
+    r"""Pareto-smoothed importance sampling :math:`\hat k` of importance log weights
+    :math:`\ln \tilde p(z_i) - \ln q(z_i)`, :math:`z_i \sim q` (arviz's ``psislw``).
+
+    :math:`\hat k` estimates the shape of the generalized Pareto tail fitted to the largest
+    weights (Vehtari et al. 2024; Yao et al. 2018 for VI): below 0.5 importance sampling from
+    ``q`` is reliable and ``q`` covers ``p``; 0.5–0.7 usable; above 0.7 the weights' variance is
+    effectively infinite and ``q`` misses mass of ``p`` (see :func:`khat_verdict`).
+
+    Args:
+        log_weights: ``(S,)`` for one target, or ``(*m, S)`` for ``m`` targets at once.
+
+    Returns:
+        a float for ``(S,)``; a float64 CPU tensor ``(*m,)`` otherwise. Exactly equal log
+        weights (``q`` equal to the target) give 0.
+
+    Raises:
+        ImportError: if arviz is not installed.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # arviz announces its refactor on import
+            import arviz
+    except ImportError as error:
+        raise ImportError("PSIS k-hat uses arviz: pip install arviz") from error
+    psislw = getattr(arviz, "psislw", None)
+    if psislw is None:  # arviz >= 1.0 moved it to arviz_stats
+        from arviz_stats import psislw
+    log_weights = log_weights.detach().double().cpu()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # arviz warns when k-hat is large: that is the result
+        _, khat = psislw(log_weights.numpy())
+    khat = torch.as_tensor(khat, dtype=torch.float64)
+    # equal weights (q = p up to a constant) have no tail; arviz returns inf for them
+    spread = log_weights.amax(-1) - log_weights.amin(-1)
+    khat = torch.where(spread <= 1e-12, 0.0, khat)
+    return float(khat) if log_weights.dim() == 1 else khat
+
+
+def khat_verdict(khat: float) -> str:
+    r"""One line on a PSIS :math:`\hat k`: good below 0.5, usable up to 0.7, poor above."""
+    if not khat < 0.7:  # NaN counts as poor
+        return f"poor: PSIS k-hat {khat:.2f} > 0.7, q misses mass of the target"
+    if khat < 0.5:
+        return f"good: PSIS k-hat {khat:.2f} < 0.5, q covers the target"
+    return f"usable: PSIS k-hat {khat:.2f} in 0.5-0.7, importance weights heavy-tailed"
+
+
+def khat_summary(khats: Tensor) -> dict[str, float | str]:
+    r"""Summary of per-datapoint :math:`\hat k` ``(n,)`` (a VAE's posteriors on test points):
+    median, 90th percentile, the shares above 0.5 and 0.7, and a one-line verdict graded by the
+    median with the shares named."""
+    khats = khats.double()
+    median = float(khats.median())
+    above5, above7 = float((khats > 0.5).double().mean()), float((khats > 0.7).double().mean())
+    grade = khat_verdict(median).split(":")[0]
+    return {
+        "khat_median": median,
+        "khat_q90": float(khats.quantile(0.9)),
+        "khat_above_0.5": above5,
+        "khat_above_0.7": above7,
+        "khat_points": len(khats),
+        "khat_verdict": (
+            f"{grade}: median PSIS k-hat {median:.2f} over {len(khats)} points; "
+            f"{100 * above5:.0f}% above 0.5, {100 * above7:.0f}% above 0.7"
+        ),
+    }
+
+
 @torch.no_grad()
 def evaluate(
     flow,
@@ -80,6 +151,8 @@ def evaluate(
       error of :math:`F` (``None`` without ``log_Z``).
     - ``ess``, ``ess_fraction``: ESS of the importance weights :math:`\tilde p / q`, and its
       ratio to ``samples``.
+    - ``khat``, ``khat_verdict``: PSIS :math:`\hat k` of the same weights (:func:`psis_khat`)
+      and its one-line reading (:func:`khat_verdict`).
     - ``mass_outside_box``: :math:`q`'s probability outside ``target.box``.
     - ``forward_kl``: :math:`\mathrm{KL}(p \| q)` by quadrature (2-D targets), through the exact
       ``log_prob`` of the flow on a ``forward_grid_size²`` grid: large when q misses a mode of
@@ -103,7 +176,9 @@ def evaluate(
             outside += float(((x < lo) | (x > hi)).any(-1).sum())
     mean = total / samples
     se = math.sqrt(max(total_sq / samples - mean * mean, 0.0) / samples)
-    ess = float(effective_sample_size(torch.cat(log_w)))
+    log_w = torch.cat(log_w)
+    ess = float(effective_sample_size(log_w))
+    khat = psis_khat(log_w)
     out: dict[str, float | None] = {
         "free_energy": mean,
         "free_energy_se": se,
@@ -115,6 +190,8 @@ def evaluate(
         "ess_fraction": ess / samples,
         "mass_outside_box": None if target.box is None else outside / samples,
         "samples": samples,
+        "khat": khat,
+        "khat_verdict": khat_verdict(khat),
     }
     quadrature = target.dim == 2 and target.box is not None and target.normalizable
     log_z = target.log_normalizer

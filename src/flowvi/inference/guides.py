@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
 from collections.abc import Sequence
 
 import torch
@@ -28,6 +27,7 @@ from torch import Tensor
 from flowvi._checks import check_choice, check_dim
 from flowvi.fitting import fit
 from flowvi.flows import NormalizingFlow, build
+from flowvi.metrics import psis_khat
 from flowvi.targets import Target
 
 GUIDES = {
@@ -51,27 +51,6 @@ def build_guide(name: str, d: int, *, hidden: Sequence[int] = (32, 32)) -> Norma
     if flow in ("iaf", "realnvp", "nsf"):
         spec["hidden"] = tuple(hidden)
     return build(flow, d, **spec)
-
-
-def psis_khat(log_weights: Tensor) -> float:
-    r"""Pareto-smoothed importance sampling :math:`\hat k` of ``log_weights: (n,)`` (arviz).
-
-    Raises:
-        ImportError: if arviz is not installed (``pip install flowvi[dev]``).
-    """
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # arviz announces its refactor on import
-            import arviz
-    except ImportError as error:
-        raise ImportError("PSIS k-hat uses arviz: pip install arviz") from error
-    psislw = getattr(arviz, "psislw", None)
-    if psislw is None:  # arviz >= 1.0 moved it to arviz_stats
-        from arviz_stats import psislw
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # arviz warns when k-hat is large: that is the result
-        _, khat = psislw(log_weights.detach().double().cpu().numpy())
-    return float(khat)
 
 
 def moment_errors(draws: Tensor, reference: Tensor) -> tuple[Tensor, Tensor]:

@@ -8,43 +8,92 @@ import torch
 from torch import Tensor
 
 from flowvi._checks import check_dim
+from flowvi.evidence import Estimate, iwae_bound
+from flowvi.metrics import effective_sample_size, khat_summary, psis_khat
 from flowvi.vae.model import VAE
 
 
 @torch.no_grad()
-def log_likelihood(
+def importance_log_likelihood(
     model: VAE, x: Tensor, *, samples: int = 5000, chunk: int = 500, batch_size: int = 100
-) -> Tensor:
+) -> Estimate:
     r"""Importance-sampled :math:`\ln p(x_i) \approx \ln \frac1k \sum_{s=1}^k
-    p(x_i, z_s) / q(z_s \mid x_i)`, :math:`z_s \sim q(z \mid x_i)`, per datapoint (nats).
+    p(x_i, z_s) / q(z_s \mid x_i)`, :math:`z_s \sim q(z \mid x_i)`, per datapoint (nats), with
+    its standard error and ESS.
 
     The IWAE bound of Burda et al. (2016) with ``k = samples`` (5000, their test setting): a
-    lower bound in expectation, consistent as :math:`k \to \infty`. The ``k`` log weights are
-    drawn ``chunk`` at a time for ``batch_size`` datapoints and combined by ``logsumexp``, so
-    memory stays at ``chunk × batch_size`` latent samples whatever ``k``.
+    lower bound in expectation, consistent as :math:`k \to \infty`, computed by
+    :func:`flowvi.evidence.iwae_bound`: the ``k`` log weights are drawn ``chunk`` at a time for
+    ``batch_size`` datapoints, so memory stays at ``chunk × batch_size`` latent samples.
 
     Args:
         model: the VAE. x: ``(n, D)``.
 
     Returns:
-        shape ``(n,)``, float64.
+        an :class:`flowvi.evidence.Estimate` with ``log_Z``, ``se`` and ``ess`` of shape
+        ``(n,)``, float64.
 
     Raises:
         ValueError: if ``samples``, ``chunk`` or ``batch_size`` is not a positive integer.
     """
     for value, name in ((samples, "samples"), (chunk, "chunk"), (batch_size, "batch_size")):
         check_dim(value, name)
-    out = []
+    parts = []
     for xb in x.split(batch_size):
-        h = model.encoder(xb)
-        q = model.posterior(h)
-        parts = []
-        for start in range(0, samples, chunk):
-            z, log_q = q.rsample_and_log_prob((min(chunk, samples - start),))
-            log_w = model.decoder(z).log_prob(xb) + model.prior().log_prob(z) - log_q
-            parts.append(log_w.double().logsumexp(0))
-        out.append(torch.stack(parts).logsumexp(0) - math.log(samples))
-    return torch.cat(out)
+        q = model.posterior(model.encoder(xb))
+
+        def draw(m: int, q=q, xb=xb) -> Tensor:
+            z, log_q = q.rsample_and_log_prob((m,))
+            return model.decoder(z).log_prob(xb) + model.prior().log_prob(z) - log_q
+
+        parts.append(iwae_bound(draw, samples, chunk=chunk))
+    return Estimate(
+        log_Z=torch.cat([p.log_Z for p in parts]),
+        se=torch.cat([p.se for p in parts]),
+        ess=torch.cat([p.ess for p in parts]),
+        k=samples,
+    )
+
+
+def log_likelihood(
+    model: VAE, x: Tensor, *, samples: int = 5000, chunk: int = 500, batch_size: int = 100
+) -> Tensor:
+    r"""The estimate of :func:`importance_log_likelihood` alone: :math:`\ln p(x_i)`, ``(n,)``,
+    float64 nats (the IWAE bound with ``k = samples``)."""
+    return importance_log_likelihood(
+        model, x, samples=samples, chunk=chunk, batch_size=batch_size
+    ).log_Z
+
+
+@torch.no_grad()
+def importance_diagnostics(
+    model: VAE, x: Tensor, *, samples: int = 1000, batch_size: int = 100
+) -> dict[str, float | str]:
+    r"""PSIS :math:`\hat k` and the importance ESS of :math:`q(z \mid x_i)` against the exact
+    posterior :math:`p(z \mid x_i)`, per datapoint, summarized over ``x: (n, D)``.
+
+    Per datapoint, ``samples`` log weights :math:`\ln p(x_i, z) - \ln q(z \mid x_i)` give
+    :math:`\hat k_i` (:func:`flowvi.metrics.psis_khat`, arviz) and Kish's ESS; returned are
+    :func:`flowvi.metrics.khat_summary` (median, 90th percentile, shares above 0.5 and 0.7, a
+    one-line verdict) and ``ess_fraction_mean``, the mean ESS / ``samples``.
+
+    Raises:
+        ValueError: if ``samples`` or ``batch_size`` is not a positive integer, or
+            ``samples < 5`` (too few for a Pareto fit).
+    """
+    check_dim(samples, "samples")
+    check_dim(batch_size, "batch_size")
+    if samples < 5:
+        raise ValueError(f"PSIS needs at least 5 samples per datapoint, got {samples}")
+    khats, ess = [], []
+    for xb in x.split(batch_size):
+        log_w = model.log_weights(xb, samples).double()  # (samples, b)
+        khats.append(psis_khat(log_w.mT.contiguous()).reshape(-1))
+        ess.append(effective_sample_size(log_w).cpu())
+    out = khat_summary(torch.cat(khats))
+    out["ess_fraction_mean"] = float(torch.cat(ess).mean()) / samples
+    out["khat_samples"] = samples
+    return out
 
 
 @torch.no_grad()
