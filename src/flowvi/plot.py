@@ -307,14 +307,47 @@ def vae_grid(
 ) -> Path:
     """Pixel probabilities ``images: (n, D)`` in ``[0, 1]`` (a VAE decoder's Bernoulli means,
     or binary images) as a grid of ``columns`` grey images of ``shape[-2:]``, row by row."""
+    tiles, rows = _tiles(images, shape, columns)
+    fig, ax = plt.subplots(figsize=(columns * 0.75, rows * 0.75 + 0.4))
+    ax.imshow(tiles.numpy(), cmap="gray", vmin=0, vmax=1)
+    ax.set_axis_off()
+    ax.set_title(title, fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _tiles(images: torch.Tensor, shape: tuple[int, ...], columns: int) -> tuple[torch.Tensor, int]:
+    """``images: (n, D)`` clamped to [0, 1] and tiled row by row, ``columns`` per row (the
+    last row padded with black): ``(rows * H, columns * W)`` and the number of rows."""
     x = images.detach().cpu().double().clamp(0, 1)
     rows = math.ceil(len(x) / columns)
     x = torch.cat([x, x.new_zeros(rows * columns - len(x), x.shape[1])])
     h, w = shape[-2:]
     tiles = x.reshape(rows, columns, h, w).permute(0, 2, 1, 3).reshape(rows * h, columns * w)
-    fig, ax = plt.subplots(figsize=(columns * 0.75, rows * 0.75 + 0.4))
-    ax.imshow(tiles.numpy(), cmap="gray", vmin=0, vmax=1)
-    ax.set_axis_off()
-    ax.set_title(title, fontsize=8)
+    return tiles, rows
+
+
+def image_panels(
+    panels: dict[str, torch.Tensor],
+    path: str | Path,
+    *,
+    shape: tuple[int, ...],
+    columns: int = 8,
+    title: str = "",
+) -> Path:
+    """Grids of images side by side, one panel per entry of ``panels`` (its title the key):
+    ``images: (n, D)`` in ``[0, 1]`` (pixel probabilities or binary images) shown as grey
+    images of ``shape[-2:]``, ``columns`` per row, e.g. samples of several generative models."""
+    tiled = [(name, *_tiles(x, shape, columns)) for name, x in panels.items()]
+    rows = max(r for _, _, r in tiled)
+    fig, axes = plt.subplots(
+        1, len(tiled), figsize=(len(tiled) * columns * 0.5, rows * 0.5 + 0.6), squeeze=False
+    )
+    for ax, (name, tiles, _) in zip(axes[0], tiled, strict=True):
+        ax.imshow(tiles.numpy(), cmap="gray", vmin=0, vmax=1)
+        ax.set_axis_off()
+        ax.set_title(name, fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
