@@ -310,6 +310,7 @@ def _vae_parser(commands) -> None:
     option("--posterior", help="diagonal, planar, radial, sylvester-o/-h/-t or iaf")
     option("--length", "-K", type=int, help="flow length K")
     option("--latent", type=int, help="latent size d")
+    option("--network", choices=["mlp", "conv"], help="mlp, or gated conv (28x28 or 8x8 images)")
     option("--hidden", type=_sizes, help="encoder hidden sizes (decoder mirrored), e.g. 300,300")
     option("--flow-hidden", type=_sizes, help="IAF MADE and flow prior hidden sizes")
     option("--prior", help="normal, or a flow family over N(0, I) trained with the VAE, e.g. maf")

@@ -114,3 +114,161 @@ class LinearGaussianDecoder(nn.Module):
         cov = torch.linalg.inv(precision)
         mean = (x - self.b) @ self.W / self.sigma**2 @ cov
         return torch.distributions.MultivariateNormal(mean, cov)
+
+
+class GatedConv2d(nn.Module):
+    r"""A gated convolution, :math:`y = (W_h * x + b_h) \odot \sigma(W_g * x + b_g)`
+    (van den Berg et al. 2018, their encoders and decoders; the gate of Dauphin et al. 2017).
+
+    One ``Conv2d`` (or ``ConvTranspose2d`` with ``transpose=True``) computes both halves.
+    ``x: (n, c_in, H, W) -> (n, c_out, H', W')`` with the usual convolution arithmetic.
+
+    Args:
+        c_in, c_out: channels. kernel, stride, padding: as for ``nn.Conv2d``.
+        output_padding: extra rows/columns of a transposed convolution (for stride 2 to
+            double the size exactly).
+        transpose: a transposed convolution (decoders).
+    """
+
+    def __init__(
+        self,
+        c_in: int,
+        c_out: int,
+        kernel: int,
+        *,
+        stride: int = 1,
+        padding: int = 0,
+        output_padding: int = 0,
+        transpose: bool = False,
+    ) -> None:
+        super().__init__()
+        for size, name in ((c_in, "input channels"), (c_out, "output channels")):
+            check_dim(size, name)
+        if transpose:
+            self.conv: nn.Module = nn.ConvTranspose2d(
+                c_in, 2 * c_out, kernel, stride, padding, output_padding
+            )
+        else:
+            self.conv = nn.Conv2d(c_in, 2 * c_out, kernel, stride, padding)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h, g = self.conv(x).chunk(2, dim=1)
+        return h * torch.sigmoid(g)
+
+
+# (c_in, c_out, kernel, stride, padding[, output_padding]) per gated layer, for each image side.
+# 28 x 28: van den Berg et al.'s MNIST networks (28 -> 14 -> 7 -> 1 and back, context 256).
+# 8 x 8 (scikit-learn digits): a small variant of the same pattern (8 -> 4 -> 1, context 64).
+_CONV_ENCODERS = {
+    28: [(32, 5, 1, 2), (32, 5, 2, 2), (64, 5, 1, 2), (64, 5, 2, 2), (64, 5, 1, 2), (256, 7, 1, 0)],
+    8: [(16, 3, 1, 1), (32, 3, 2, 1), (32, 3, 1, 1), (64, 4, 1, 0)],
+}
+_CONV_DECODERS = {
+    28: [
+        (64, 7, 1, 0, 0),
+        (64, 5, 1, 2, 0),
+        (32, 5, 2, 2, 1),
+        (32, 5, 1, 2, 0),
+        (32, 5, 2, 2, 1),
+        (32, 5, 1, 2, 0),
+    ],
+    8: [(32, 4, 1, 0, 0), (32, 3, 1, 1, 0), (16, 3, 2, 1, 1), (16, 3, 1, 1, 0)],
+}
+CONV_SIDES = tuple(sorted(_CONV_ENCODERS))
+
+
+def _image_shape(image_shape: Sequence[int]) -> tuple[int, int, int]:
+    if len(image_shape) != 3 or image_shape[1] != image_shape[2]:
+        raise ValueError(f"image_shape must be (C, H, W) with H == W, got {tuple(image_shape)}")
+    c, side, _ = (int(s) for s in image_shape)
+    check_dim(c, "image channels")
+    if side not in _CONV_ENCODERS:
+        raise ValueError(
+            f"the convolutional networks take {' or '.join(f'{s}x{s}' for s in CONV_SIDES)} "
+            f"images, got {side}x{side}; use the MLP (--network mlp) for other sizes"
+        )
+    return c, side, side
+
+
+class ConvEncoder(nn.Module):
+    """A gated convolutional inference trunk: ``x: (*batch, C*H*W) -> h: (*batch, c)``.
+
+    For 28×28 images the encoder of van den Berg et al. (2018): six :class:`GatedConv2d`
+    layers, 5×5 kernels, channels 32-32-64-64-64, strides 1-2-1-2-1 (28 → 14 → 7), then a 7×7
+    gated convolution to ``c = 256`` channels at 1×1. For 8×8 images (digits) a small variant:
+    3×3 kernels, channels 16-32-32 (8 → 4), then 4×4 to ``c = 64``. The flattened pixels are
+    read in C, H, W order (as :func:`flowvi.vae.data.load_binary` stores them).
+
+    Args:
+        image_shape: ``(C, H, W)``, with ``H = W`` 28 or 8.
+
+    Raises:
+        ValueError: for another image size.
+    """
+
+    def __init__(self, image_shape: Sequence[int]) -> None:
+        super().__init__()
+        self.image_shape = _image_shape(image_shape)
+        c, side = self.image_shape[0], self.image_shape[1]
+        layers, channels = [], c
+        for out, kernel, stride, padding in _CONV_ENCODERS[side]:
+            layers.append(GatedConv2d(channels, out, kernel, stride=stride, padding=padding))
+            channels = out
+        self.net = nn.Sequential(*layers)
+        self.context_dim = channels
+
+    def forward(self, x: Tensor) -> Tensor:
+        batch = x.shape[:-1]
+        h = self.net(x.reshape(-1, *self.image_shape))
+        return h.reshape(*batch, self.context_dim)
+
+
+class ConvBernoulliDecoder(nn.Module):
+    r"""A gated transposed-convolutional :math:`p(x \mid z)`, Bernoulli per pixel.
+
+    ``z: (*batch, d)`` is read as a ``d``-channel 1×1 image; for 28×28 the decoder of van den
+    Berg et al. (2018): a 7×7 gated transposed convolution to 64 channels at 7×7, then 5×5
+    layers 64-32-32-32-32 (7 → 14 → 28), for 8×8 the small mirror of :class:`ConvEncoder`;
+    a 1×1 convolution gives the ``C`` logits per pixel, plus a per-pixel bias (see
+    :meth:`init_bias`). ``forward`` returns ``Independent(Bernoulli(logits), 1)`` with batch
+    shape ``*batch`` and event shape ``(C*H*W,)``, like :class:`BernoulliDecoder`.
+
+    Raises:
+        ValueError: for an image size other than 28×28 or 8×8, or a bad ``d``.
+    """
+
+    def __init__(self, d: int, image_shape: Sequence[int]) -> None:
+        super().__init__()
+        check_dim(d, "latent size d")
+        self.image_shape = _image_shape(image_shape)
+        self.d = d
+        layers, channels = [], d
+        for out, kernel, stride, padding, extra in _CONV_DECODERS[self.image_shape[1]]:
+            layers.append(
+                GatedConv2d(
+                    channels,
+                    out,
+                    kernel,
+                    stride=stride,
+                    padding=padding,
+                    output_padding=extra,
+                    transpose=True,
+                )
+            )
+            channels = out
+        layers.append(nn.Conv2d(channels, self.image_shape[0], 1))
+        self.net = nn.Sequential(*layers)
+        D = self.image_shape[0] * self.image_shape[1] * self.image_shape[2]
+        self.pixel_bias = nn.Parameter(torch.zeros(D))
+
+    def init_bias(self, mean: Tensor) -> None:
+        """Start the per-pixel bias at the logits of the training data's pixel means ``(D,)``
+        (clamped to [1e-3, 1 - 1e-3]), as :meth:`BernoulliDecoder.init_bias`."""
+        p = mean.clamp(1e-3, 1 - 1e-3).to(self.pixel_bias)
+        with torch.no_grad():
+            self.pixel_bias.copy_(torch.logit(p))
+
+    def forward(self, z: Tensor) -> Distribution:
+        batch = z.shape[:-1]
+        logits = self.net(z.reshape(-1, self.d, 1, 1)).reshape(*batch, -1) + self.pixel_bias
+        return Independent(Bernoulli(logits=logits, validate_args=False), 1)

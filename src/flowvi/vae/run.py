@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file
-from torch import Tensor
+from torch import Tensor, nn
 
 import flowvi
 from flowvi._checks import check_choice, check_dim
@@ -25,12 +25,13 @@ from flowvi.vae.data import BINARIZATIONS, DATASETS, BinarySplits, load_binary
 from flowvi.vae.distributed import DataParallel, world_size
 from flowvi.vae.evaluate import log_likelihood, mean_and_se, mean_elbo
 from flowvi.vae.model import VAE
-from flowvi.vae.networks import BernoulliDecoder, Encoder
+from flowvi.vae.networks import BernoulliDecoder, ConvBernoulliDecoder, ConvEncoder, Encoder
 from flowvi.vae.posterior import POSTERIORS, make_posterior
 from flowvi.vae.prior import PRIORS, make_prior
 
 WEIGHTS = "model.safetensors"
 OBJECTIVES = ("elbo", "iwae")
+NETWORKS = ("mlp", "conv")
 MODELS = ("vae", "nlpca")
 
 
@@ -38,6 +39,8 @@ MODELS = ("vae", "nlpca")
 class VAEConfig:
     """Everything that determines a ``flowvi vae train`` run; saved as ``config.json``.
 
+    ``network``: ``mlp`` or ``conv`` (gated convolutional encoder and decoder for 28×28 or
+    8×8 images, :class:`flowvi.vae.networks.ConvEncoder`; ``hidden`` is then unused).
     Sizes: ``hidden`` are the encoder's hidden layers (the last is the context ``h``), mirrored
     by the decoder; ``flow_hidden`` the IAF MADEs' and the flow prior's networks. ``prior`` is
     ``normal`` or a flow family of ``prior_length`` layers (:func:`flowvi.vae.make_prior`).
@@ -55,6 +58,7 @@ class VAEConfig:
     posterior: str = "planar"
     length: int = 10
     latent: int = 40
+    network: str = "mlp"
     hidden: tuple[int, ...] = (300, 300)
     flow_hidden: tuple[int, ...] = (320, 320)
     prior: str = "normal"
@@ -87,6 +91,7 @@ class VAEConfig:
         check_choice(self.data, DATASETS, "data set")
         check_choice(self.binarize, BINARIZATIONS, "binarization")
         check_choice(self.posterior, POSTERIORS, "posterior")
+        check_choice(self.network, NETWORKS, "network")
         check_choice(self.prior, PRIORS, "prior")
         check_choice(self.objective, OBJECTIVES, "objective")
         check_choice(self.dtype, DTYPES, "dtype")
@@ -108,8 +113,23 @@ class VAEConfig:
 
 def make_vae(config: VAEConfig, D: int) -> VAE:
     """The model of ``config`` for ``D`` pixels: MLP encoder, amortized posterior, MLP
-    Bernoulli decoder with the encoder's hidden sizes reversed, and the prior."""
-    encoder = Encoder(D, config.hidden)
+    Bernoulli decoder with the encoder's hidden sizes reversed, and the prior; or, with
+    ``network = "conv"``, the gated convolutional encoder and decoder for square one-channel
+    images of ``D`` pixels.
+
+    Raises:
+        ValueError: for ``conv`` with an image that is not 28×28 or 8×8.
+    """
+    if config.network == "conv":
+        side = math.isqrt(D)
+        if side * side != D:
+            raise ValueError(f"--network conv needs square images; {D} pixels are not a square")
+        shape = (1, side, side)
+        encoder: nn.Module = ConvEncoder(shape)
+        decoder: nn.Module = ConvBernoulliDecoder(config.latent, shape)
+    else:
+        encoder = Encoder(D, config.hidden)
+        decoder = BernoulliDecoder(config.latent, D, tuple(reversed(config.hidden)))
     posterior = make_posterior(
         config.posterior,
         config.latent,
@@ -117,7 +137,6 @@ def make_vae(config: VAEConfig, D: int) -> VAE:
         length=config.length,
         hidden=config.flow_hidden,
     )
-    decoder = BernoulliDecoder(config.latent, D, tuple(reversed(config.hidden)))
     prior = make_prior(
         config.prior, config.latent, length=config.prior_length, hidden=config.flow_hidden
     )
