@@ -354,6 +354,9 @@ def evaluate_vae(
         "eval_seconds": time.perf_counter() - start,
         "units": "nats per binarized image; nll = -ln p(x) by importance sampling (IWAE bound)",
     }
+    from flowvi.vae.evaluate import importance_diagnostics  # PSIS k-hat of q(z|x) per image
+
+    metrics |= importance_diagnostics(model, x[:1000], samples=1000)
     train_json = Path(directory) / "train.json"
     if train_json.exists():
         metrics["training"] = read_json(train_json)
