@@ -22,8 +22,15 @@ NAMES = sorted(LAYERS)
 AMORTIZABLE = [name for name in NAMES if issubclass(LAYERS[name], Layer | Coupling | MAF | IAF)]
 COUPLINGS = [name for name in NAMES if issubclass(LAYERS[name], Coupling)]
 # options the contract needs: the residual layer's exact log-determinant at every d (its
-# "auto" default is the randomized series for d > 4, checked in tests/test_residual.py)
-OPTIONS = {"residual": {"logdet": "exact"}}
+# "auto" default is the randomized series for d > 4, checked in tests/test_residual.py); the
+# monotone layers with two-layer scalar networks of 2 units, since gradcheck re-solves their
+# bisection inverse once per weight
+_MONOTONE = {"monotone_hidden": (2, 2)}
+OPTIONS = {
+    "residual": {"logdet": "exact"},
+    "monotone-ar": _MONOTONE,
+    "monotone-coupling": _MONOTONE,
+}
 
 
 def _skip_degenerate(name, d):

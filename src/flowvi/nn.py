@@ -157,3 +157,99 @@ class MADE(nn.Module):
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         out = self.net(_with_context(x, context))
         return out.unflatten(-1, (self.d, self.k))
+
+
+class RecurrentConditioner(nn.Module):
+    r"""Recurrent autoregressive conditioner: a GRU reads :math:`x_{<i}` and a head maps its
+    state :math:`h_i` (and the context) to the parameters of coordinate ``i``.
+
+    In the order :math:`\pi`, step ``r`` reads the previous coordinate :math:`x_{\pi(r-1)}`
+    (0 at the first step) and updates :math:`h_r = \mathrm{GRU}(h_{r-1}, x_{\pi(r-1)})`; the
+    parameters of coordinate :math:`\pi(r)` are :math:`\mathrm{head}(h_r, c)`. The GRU and the
+    head are shared across ``i``, so the parameter count does not grow with ``d``; and
+    :math:`h_r` depends on :math:`x_{\pi(0)}, \dots, x_{\pi(r-1)}` only, so the parameters'
+    Jacobian in ``x`` is strictly triangular in the order. This is the recurrent conditioner of
+    TAN (Oliva et al. 2018, Section 3.2), the recurrent counterpart of MADE's masks (Germain et
+    al. 2015). :meth:`forward` runs the GRU once over the shifted input (all parameters, one
+    pass); :meth:`step` advances it by one coordinate (the ``d`` sequential steps of inversion).
+
+    Args:
+        d: dimension.
+        k: parameters per dimension.
+        hidden: ``(H, *head)``: the GRU state size ``H``, then the head MLP's hidden sizes (its
+            last layer starts at zero, so a flow layer it conditions starts at its transformer's
+            zero-parameter point).
+        order: a permutation of ``0 … d-1`` (the autoregressive order); default natural.
+        context_dim: size of a context, fed to the GRU at every step and to the head, or
+            ``None``.
+
+    Raises:
+        ValueError: for an empty ``hidden`` or an ``order`` that is not a permutation.
+    """
+
+    def __init__(
+        self,
+        d: int,
+        k: int,
+        hidden: Sequence[int] = (64, 64),
+        *,
+        order: Sequence[int] | Tensor | None = None,
+        context_dim: int | None = None,
+    ) -> None:
+        super().__init__()
+        hidden = tuple(hidden)
+        if not hidden:
+            raise ValueError("hidden must give at least the GRU state size")
+        order_t = torch.arange(d) if order is None else torch.as_tensor(order).long().cpu()
+        if sorted(order_t.tolist()) != list(range(d)):
+            raise ValueError(f"order must be a permutation of 0..{d - 1}, got {order_t.tolist()}")
+        self.d, self.k, self.context_dim = d, k, context_dim
+        c = context_dim or 0
+        self.register_buffer("order", order_t)
+        self.register_buffer("rank", torch.argsort(order_t), persistent=False)
+        self.steps = tuple(order_t.tolist())  # the order as Python ints, for the step loop
+        self.gru = nn.GRU(1 + c, hidden[0], batch_first=True)
+        self.head = MLP(hidden[0] + c, k, hidden[1:])
+
+    def _flat_context(self, context: Tensor | None, batch: torch.Size) -> Tensor | None:
+        return (
+            None if context is None else context.expand(*batch, -1).reshape(-1, context.shape[-1])
+        )
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        """Parameters ``(*batch, d, k)`` of every coordinate from ``x: (*batch, d)`` (and
+        ``context: (*batch, c)``, broadcast), in one GRU pass."""
+        batch = (
+            x.shape[:-1]
+            if context is None
+            else torch.broadcast_shapes(x.shape[:-1], context.shape[:-1])
+        )
+        flat = x.expand(*batch, -1).reshape(-1, self.d)[:, self.order]
+        # shifted input: step r reads x_{π(r-1)}, and a zero at the first step
+        inputs = torch.cat([torch.zeros_like(flat[:, :1]), flat[:, :-1]], -1).unsqueeze(-1)
+        ctx = self._flat_context(context, batch)
+        if ctx is not None:
+            ctx = ctx.unsqueeze(1).expand(-1, self.d, -1)
+            inputs = torch.cat([inputs, ctx], -1)
+        states, _ = self.gru(inputs)
+        params = self.head(_with_context(states, ctx))[:, self.rank]
+        return params.reshape(*batch, self.d, self.k)
+
+    def step(
+        self, previous: Tensor, state: Tensor | None, context: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """One step: from the previous coordinate's value ``previous: (*batch,)`` (zeros at the
+        first step) and the GRU ``state`` (``None`` at the first step), the next coordinate's
+        parameters ``(*batch, k)`` and the new state (an opaque tensor to pass back)."""
+        batch = (
+            previous.shape
+            if context is None
+            else torch.broadcast_shapes(previous.shape, context.shape[:-1])
+        )
+        inputs = previous.expand(batch).reshape(-1, 1)
+        ctx = self._flat_context(context, batch)
+        if ctx is not None:
+            inputs = torch.cat([inputs, ctx], -1)
+        out, state = self.gru(inputs.unsqueeze(1), state)
+        params = self.head(_with_context(out.squeeze(1), ctx))
+        return params.reshape(*batch, self.k), state

@@ -24,7 +24,18 @@ from flowvi.flows.layers import (
     Sigmoid,
     TriangularAffine,
 )
-from flowvi.flows.networked import IAF, MAF, NICE, NSF, Coupling, NSFAutoregressive, RealNVP
+from flowvi.flows.networked import (
+    IAF,
+    MAF,
+    NICE,
+    NSF,
+    Coupling,
+    MonotoneAutoregressive,
+    MonotoneCoupling,
+    NSFAutoregressive,
+    RealNVP,
+    RecurrentAutoregressive,
+)
 from flowvi.flows.residual import Residual
 from flowvi.flows.sylvester import Sylvester, SylvesterH, SylvesterO, SylvesterT
 
@@ -43,6 +54,9 @@ LAYERS: dict[str, type[nn.Module]] = {
     "iaf": IAF,
     "nsf": NSF,
     "nsf-ar": NSFAutoregressive,
+    "monotone-coupling": MonotoneCoupling,
+    "monotone-ar": MonotoneAutoregressive,
+    "rnn-ar": RecurrentAutoregressive,
     "residual": Residual,
     "actnorm": ActNorm,
     "sigmoid": Sigmoid,
@@ -74,7 +88,7 @@ def build(
     Args:
         flow: a name in :data:`LAYERS` (``planar``, ``radial``, ``affine``, ``triangular``,
             ``lu``, ``qr``, ``permutation``, ``reverse``, ``nice``, ``realnvp``, ``maf``, ``iaf``,
-            ``nsf``, ``nsf-ar``).
+            ``nsf``, ``nsf-ar``, ``monotone-coupling``, ``monotone-ar``, ``rnn-ar``, …).
         d: dimension.
         length: number of layers ``K``.
         base: ``standard`` (N(0, I)) or ``diagonal`` (trainable diagonal Gaussian).
@@ -172,12 +186,15 @@ __all__ = [
     "Layer",
     "LeakyReLU",
     "LogitPreprocessing",
+    "MonotoneAutoregressive",
+    "MonotoneCoupling",
     "NSFAutoregressive",
     "NormalizingFlow",
     "Permutation",
     "Planar",
     "Radial",
     "RealNVP",
+    "RecurrentAutoregressive",
     "Residual",
     "Reverse",
     "Sigmoid",

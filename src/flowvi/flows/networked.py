@@ -1,4 +1,5 @@
-"""Layers whose parameters come from a network of the input: couplings and MADE layers.
+"""Layers whose parameters come from a network of the input: couplings, MADE and recurrent
+autoregressive layers.
 
 Each module's call ``layer(context=None)`` returns a transform holding the network as a
 function; with ``context_dim`` set, the network also reads a context (conditional flows, IAF
@@ -14,11 +15,11 @@ import torch
 from torch import Tensor, nn
 
 from flowvi._checks import check_choice, check_dim
-from flowvi.nn import MADE, MLP, _with_context
-from flowvi.transforms.autoregressive import AutoregressiveTransform
+from flowvi.nn import MADE, MLP, RecurrentConditioner, _with_context
+from flowvi.transforms.autoregressive import AutoregressiveTransform, RecurrentTransform
 from flowvi.transforms.base import Transform
 from flowvi.transforms.coupling import CouplingTransform
-from flowvi.transforms.transformers import TRANSFORMERS
+from flowvi.transforms.transformers import TRANSFORMERS, Monotone
 
 MASKS = ("half", "alternate", "checkerboard")
 _MASK_ALIASES = {"alternating": "alternate"}  # the name of "alternate" in flowvi's first release
@@ -90,6 +91,25 @@ def coupling_mask(
 class _Networked(nn.Module):
     transformer_name: str
 
+    def _set_transformer(
+        self, transformer: str | None, monotone_hidden: Sequence[int] | None
+    ) -> None:
+        """The elementwise map: the class's own, or ``transformer``; a monotone one of
+        ``monotone_hidden`` units if given (both recorded in ``spec``)."""
+        if transformer is not None:
+            check_choice(transformer, TRANSFORMERS, "transformer")
+            if transformer != self.transformer_name:
+                self.spec["transformer"] = transformer
+        name = transformer or self.transformer_name
+        self.transformer = TRANSFORMERS[name]
+        if monotone_hidden is not None:
+            if name != "monotone":
+                raise ValueError(
+                    f"monotone_hidden applies to the monotone transformer only, not {name!r}"
+                )
+            self.transformer = Monotone(_check_hidden(monotone_hidden))
+            self.spec["monotone_hidden"] = list(self.transformer.hidden)
+
     def _context(self, context: Tensor | None) -> Tensor | None:
         if self.context_dim is not None and (
             context is None or context.shape[-1] != self.context_dim
@@ -118,11 +138,18 @@ class Coupling(_Networked):
             square ``H × H`` image. Only for ``mask="checkerboard"``.
         swap: exchange A and B (alternate it along a stack so every coordinate is transformed).
         hidden: hidden sizes of the conditioner MLP, whose last layer starts at zero (so the
-            layer starts at the identity).
+            layer starts at its transformer's zero-parameter point: the identity for additive,
+            affine and spline).
         context_dim: size of a context fed to the conditioner, or ``None``.
+        transformer: the elementwise map, a name in
+            :data:`flowvi.transforms.transformers.TRANSFORMERS` (``additive``, ``affine``,
+            ``spline``, ``monotone``); ``None`` takes the class's own.
+        monotone_hidden: hidden sizes of the monotone transformer's scalar network (default
+            ``(8,)``, see :class:`flowvi.transforms.transformers.Monotone`); monotone only.
 
     Raises:
-        ValueError: for ``d < 2``, an unknown mask, a bad image shape, or a bad hidden size.
+        ValueError: for ``d < 2``, an unknown mask or transformer, a bad image shape, a bad
+            hidden size, or ``monotone_hidden`` for another transformer.
     """
 
     alternate = "swap"
@@ -136,6 +163,8 @@ class Coupling(_Networked):
         swap: bool = False,
         hidden: Sequence[int] = (64, 64),
         context_dim: int | None = None,
+        transformer: str | None = None,
+        monotone_hidden: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         check_dim(d)
@@ -158,7 +187,7 @@ class Coupling(_Networked):
         # the index sets, derived from the mask (so not saved): A's coordinates, then B's
         self.register_buffer("index_a", torch.nonzero(part).squeeze(-1), persistent=False)
         self.register_buffer("index_b", torch.nonzero(~part).squeeze(-1), persistent=False)
-        self.transformer = TRANSFORMERS[self.transformer_name]
+        self._set_transformer(transformer, monotone_hidden)
         n_a = len(self.index_a)
         self.k = self.transformer.num_params
         self.net = MLP(n_a + (context_dim or 0), (d - n_a) * self.k, hidden)
@@ -199,10 +228,16 @@ class _MaskedAutoregressive(_Networked):
             and masks are buffers, saved with the weights.
         context_dim: size of a context fed to every first-layer hidden unit of the MADE, or
             ``None``.
+        transformer: the elementwise map, a name in
+            :data:`flowvi.transforms.transformers.TRANSFORMERS` (``additive``, ``affine``,
+            ``spline``, ``monotone``); ``None`` takes the class's own.
+        monotone_hidden: hidden sizes of the monotone transformer's scalar network (default
+            ``(8,)``, see :class:`flowvi.transforms.transformers.Monotone`); monotone only.
 
     Raises:
-        ValueError: for an unknown order, a list that is not a permutation, a ``seed`` with a
-            non-random order, or a bad hidden size.
+        ValueError: for an unknown order or transformer, a list that is not a permutation, a
+            ``seed`` with a non-random order, a bad hidden size, or ``monotone_hidden`` for
+            another transformer.
     """
 
     transformer_name = "affine"
@@ -216,6 +251,8 @@ class _MaskedAutoregressive(_Networked):
         order: str | Sequence[int] = "natural",
         seed: int | None = None,
         context_dim: int | None = None,
+        transformer: str | None = None,
+        monotone_hidden: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         check_dim(d)
@@ -242,22 +279,27 @@ class _MaskedAutoregressive(_Networked):
         if seed is not None and generator is None:
             raise ValueError(f"seed applies to order='random' only, not order={order!r}")
         self.d, self.context_dim = d, context_dim
-        self.transformer = TRANSFORMERS[self.transformer_name]
+        self._set_transformer(transformer, monotone_hidden)
+        self._network(permutation, hidden, generator)
+
+    def _network(
+        self, permutation: Tensor, hidden: tuple[int, ...], generator: torch.Generator | None
+    ) -> None:
         self.made = MADE(
-            d,
+            self.d,
             self.transformer.num_params,
             hidden,
             order=permutation,
             degrees="cyclic" if generator is None else "random",
             generator=generator,
-            context_dim=context_dim,
+            context_dim=self.context_dim,
         )
 
+    def _transform(self, context: Tensor | None) -> AutoregressiveTransform:
+        return AutoregressiveTransform(lambda x: self.made(x, context), self.transformer, self.d)
+
     def forward(self, context: Tensor | None = None) -> Transform:
-        context = self._context(context)
-        transform = AutoregressiveTransform(
-            lambda x: self.made(x, context), self.transformer, self.d
-        )
+        transform = self._transform(self._context(context))
         return transform.inv if self.inverted else transform
 
 
@@ -287,3 +329,51 @@ class NSFAutoregressive(MAF):
     2019, RQ-NSF (AR)): one-pass density, ``d``-pass sampling."""
 
     transformer_name = "spline"
+
+
+class MonotoneCoupling(Coupling):
+    """Coupling layer with a strictly monotone MLP transformer (positive weights, ``tanh``
+    units, a positive linear term; Huang et al. 2018, NAF; Wehenkel & Louppe 2019, UMNN): see
+    :class:`flowvi.transforms.transformers.Monotone`. Exact log-derivative; inverse by
+    bracketed Newton bisection, to machine precision."""
+
+    transformer_name = "monotone"
+
+
+class MonotoneAutoregressive(MAF):
+    """Autoregressive layer with a strictly monotone MLP transformer in the MAF direction (the
+    neural autoregressive flow of Huang et al. 2018 with a MADE conditioner): one-pass
+    density, ``d`` passes (each a bisection solve) for sampling."""
+
+    transformer_name = "monotone"
+
+
+class RecurrentAutoregressive(MAF):
+    r"""Autoregressive layer whose conditioner is a GRU reading :math:`x_{<i}` (TAN, Oliva et
+    al. 2018; see :class:`flowvi.nn.RecurrentConditioner`), in the MAF direction: one GRU pass
+    for the density, ``d`` single GRU steps for sampling. Affine transformer by default
+    (``transformer="spline"`` or ``"monotone"`` for the others).
+
+    ``hidden = (H, *head)``: the GRU state size, then the hidden sizes of the head that maps the
+    state (and the context) to the transformer parameters; the other arguments are those of
+    :class:`MAF` (``order="random"`` draws only the order: there are no MADE degrees).
+    """
+
+    def _network(
+        self, permutation: Tensor, hidden: tuple[int, ...], generator: torch.Generator | None
+    ) -> None:
+        self.rnn = RecurrentConditioner(
+            self.d,
+            self.transformer.num_params,
+            hidden,
+            order=permutation,
+            context_dim=self.context_dim,
+        )
+
+    def _transform(self, context: Tensor | None) -> RecurrentTransform:
+        return RecurrentTransform(
+            lambda x: self.rnn(x, context),
+            lambda previous, state: self.rnn.step(previous, state, context),
+            self.rnn.steps,
+            self.transformer,
+        )

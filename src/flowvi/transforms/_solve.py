@@ -15,9 +15,13 @@ def solve_increasing(
 ) -> Tensor:
     """Solve ``g(a) = 0`` elementwise for a non-decreasing ``g`` with a root in ``[lo, hi]``.
 
-    ``fn(a)`` returns ``(g(a), g'(a))``. The solve is a safeguarded Newton iteration: a Newton
-    step that leaves the current bracket is replaced by bisection, so it converges for every
-    element (quadratically near the root) and never divides by a vanishing derivative.
+    ``fn(a)`` returns ``(g(a), g'(a))``. The solve is a safeguarded Newton iteration (Press et
+    al., Numerical Recipes, ``rtsafe``): a Newton step that leaves the current bracket, or that
+    is longer than half the step before last (and longer than the tolerance), is replaced by
+    bisection. The second rule stops Newton from cycling between two points inside the bracket
+    (as it does on a sigmoid-like ``g`` whose tangents overshoot from either side); so every
+    element converges (quadratically near the root) and no step divides by a vanishing
+    derivative.
 
     The iteration runs without autograd. One Newton step from the detached root is then taken
     with autograd on: since ``g(a*) = 0`` its gradient is exactly the implicit-function gradient
@@ -34,16 +38,19 @@ def solve_increasing(
         lo, hi = lo.detach().clone(), hi.detach().clone()
         a = 0.5 * (lo + hi)
         eps = torch.finfo(a.dtype).eps
+        # the last two steps' lengths (at the start: the whole bracket)
+        move = before = hi - lo
         for _ in range(MAX_ITER):
             g, dg = fn(a)
             lo = torch.where(g <= 0, a, lo)
             hi = torch.where(g >= 0, a, hi)
             step = a - g / dg
-            inside = (step >= lo) & (step <= hi)
-            new = torch.where(inside, step, 0.5 * (lo + hi))
-            done = ((new - a).abs() <= 4 * eps * (1 + a.abs())) | (
-                hi - lo <= 4 * eps * (1 + a.abs())
-            )
+            tol = 4 * eps * (1 + a.abs())
+            length = (step - a).abs()
+            newton = (step >= lo) & (step <= hi) & ((2 * length <= before) | (length <= tol))
+            new = torch.where(newton, step, 0.5 * (lo + hi))
+            before, move = move, (new - a).abs()
+            done = (move <= tol) | (hi - lo <= tol)
             a = new
             if bool(done.all()):
                 break

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -47,3 +47,53 @@ class AutoregressiveTransform(Transform):
 
     def __repr__(self) -> str:
         return f"AutoregressiveTransform({type(self.transformer).__name__}, d={self.passes})"
+
+
+class RecurrentTransform(AutoregressiveTransform):
+    r"""Autoregressive map :math:`y_i = \tau(x_i; \theta_i(x_{<i}))` with :math:`\theta` from a
+    recurrent network (Oliva et al. 2018, TAN): the same one-pass map as
+    :class:`AutoregressiveTransform`, with an inverse of ``d`` single RNN steps instead of ``d``
+    full network passes.
+
+    Inverting in the order :math:`\pi`: step ``r`` advances the network by the coordinate just
+    solved, :math:`x_{\pi(r-1)}`, which gives :math:`\theta_{\pi(r)}`; then
+    :math:`x_{\pi(r)} = \tau^{-1}(y_{\pi(r)}; \theta_{\pi(r)})`. Total cost: one RNN pass, as
+    for the forward map.
+
+    Args:
+        network: maps ``x: (*batch, d)`` to parameters ``(*batch, d, k)``, autoregressive in
+            ``order`` (one RNN pass).
+        step: maps ``(previous: (*batch,), state)`` to ``(params: (*batch, k), state)``: one RNN
+            step (``state`` is ``None`` at the first step, and ``previous`` zeros).
+        order: the order :math:`\pi`, a permutation of ``0 … d-1`` as Python ints.
+        transformer: the elementwise map :math:`\tau`.
+    """
+
+    def __init__(
+        self,
+        network: Callable[[Tensor], Tensor],
+        step: Callable[[Tensor, Tensor | None], tuple[Tensor, Tensor]],
+        order: Sequence[int],
+        transformer,
+    ) -> None:
+        super().__init__(network, transformer, len(order))
+        self.step, self.order = step, tuple(order)
+
+    def call_and_ladj(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        params = self.network(x)
+        y, ladj = self.transformer.call(x.expand(params.shape[:-1]), params)
+        return y, ladj.sum(-1)
+
+    def _inverse_and_ladj(self, y: Tensor) -> tuple[Tensor, Tensor]:
+        previous, state = torch.zeros_like(y[..., 0]), None
+        parts, ladjs = [None] * len(self.order), []
+        for i in self.order:
+            params, state = self.step(previous, state)
+            y_i = y[..., i].expand(params.shape[:-1])
+            x_i, ladj = self.transformer.inverse(y_i.unsqueeze(-1), params.unsqueeze(-2))
+            parts[i], previous = x_i, x_i.squeeze(-1)
+            ladjs.append(ladj)
+        return torch.cat(parts, -1), -torch.cat(ladjs, -1).sum(-1)
+
+    def __repr__(self) -> str:
+        return f"RecurrentTransform({type(self.transformer).__name__}, d={self.passes})"

@@ -6,11 +6,15 @@ elementwise ``ln dy/dx``, and back (Papamakarios et al. 2021, Section 3.1).
 
 from __future__ import annotations
 
+import itertools
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from flowvi.transforms._solve import solve_increasing
 
 
 class Additive:
@@ -136,4 +140,161 @@ class Spline:
         return torch.where(inside, x0 + xi * w, y), torch.where(inside, ladj, 0.0)
 
 
-TRANSFORMERS = {"additive": Additive(), "affine": Affine(), "spline": Spline()}
+def _log_softplus(r: Tensor) -> Tensor:
+    """``ln softplus(r)``, finite for every ``r``: below -37, ``softplus(r) = e^r`` to double
+    precision, so the log is ``r`` (``softplus`` itself underflows to 0 below about -745)."""
+    low = r < -37
+    return torch.where(low, r, torch.log(F.softplus(r.clamp_min(-37))))
+
+
+def _log_sech2(u: Tensor) -> Tensor:
+    r""":math:`\ln \tanh'(u) = \ln \operatorname{sech}^2 u = 2(\ln 2 - |u| - \ln(1 + e^{-2|u|}))`,
+    finite where ``tanh'`` underflows."""
+    a = u.abs()
+    return 2 * (math.log(2) - a - F.softplus(-2 * a))
+
+
+class Monotone:
+    r"""Strictly increasing MLP in the scalar input, one per element (a monotonic neural network:
+    Huang et al. 2018, NAF, Section 3; Wehenkel & Louppe 2019, UMNN, Section 3).
+
+    With ``hidden = (H_1, …, H_L)`` and positive weights,
+
+    .. math::
+        h_1 = \tanh(w_1 x + b_1),\quad h_l = \tanh(W_l h_{l-1} + b_l),\quad
+        y = c + \alpha x + a^\top h_L,
+
+    where :math:`w_1 \in \mathbb{R}_{>0}^{H_1}`, :math:`W_l \in \mathbb{R}_{>0}^{H_l \times
+    H_{l-1}}` and :math:`a \in \mathbb{R}_{>0}^{H_L}` are ``softplus`` of raw parameters,
+    :math:`\alpha = \varepsilon + \operatorname{softplus}(\cdot) \ge \varepsilon = 10^{-3}`,
+    and the biases :math:`b_l` and the shift :math:`c` are free. Positive weights and increasing
+    ``tanh`` make :math:`a^\top h_L` non-decreasing, so :math:`y' \ge \alpha > 0`: strictly
+    increasing. It is onto :math:`\mathbb{R}`: :math:`|a^\top h_L| < A = \sum_k a_k` (``tanh``
+    is bounded), so :math:`y - \alpha x - c \in (-A, A)` and the linear tail sends
+    :math:`y \to \pm\infty` with :math:`x`. The same bound brackets the inverse,
+    :math:`x \in [(y - c - A)/\alpha, (y - c + A)/\alpha]`, which a safeguarded Newton
+    bisection (:func:`flowvi.transforms._solve.solve_increasing`) solves to machine precision.
+
+    The log-derivative is exact, by forward-mode chain rule in log space (every factor is
+    positive): :math:`g_1 = \ln w_1 + \ln \operatorname{sech}^2 u_1`,
+    :math:`g_l = \ln \operatorname{sech}^2 u_l + \operatorname{logsumexp}_j(\ln W_{l,kj} +
+    g_{l-1,j})`, :math:`\ln y' = \operatorname{logsumexp}(\ln\alpha, \ln a_k + g_{L,k})`:
+    no autograd at run time, and no underflow where ``tanh`` saturates.
+
+    Parameters per element, ``k = H_1 + Σ_{l≥2} H_l H_{l-1} + Σ_l H_l + H_L + 2``, in the order
+    ``w_1, b_1, (W_l, b_l)…, a, α, c``. All-zero raw parameters give an odd map close to the
+    identity where standardized data lie: :math:`w_1 = 1`, :math:`W_l = 1/H_{l-1}`,
+    :math:`\alpha = 1/2`, fixed bias offsets at the centres of :math:`H_l` equal bins of
+    ``[-2, 2]`` (first layer) or ``[-1, 1]`` (which also make the units distinct, so that
+    training can tell them apart), and equal :math:`a_k` scaled so that
+    :math:`y(2) - y(-2) = 4`; the slope is about 1 on ``[-1, 1]`` (within ``[0.7, 1.2]`` for
+    two or more units) and falls to 1/2 in the tails. (Exactly the identity is out of reach: it
+    would need :math:`a = 0`, where the positive weights' parametrization has no gradient.)
+
+    Args:
+        hidden: hidden sizes ``(H_1, …, H_L)`` of the scalar network, at least one layer.
+
+    Raises:
+        ValueError: for an empty ``hidden`` or a size below 1.
+    """
+
+    min_slope = 1e-3
+
+    def __init__(self, hidden: Sequence[int] = (8,)) -> None:
+        hidden = tuple(hidden)
+        if not hidden or any(
+            isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in hidden
+        ):
+            raise ValueError(f"hidden must be one or more positive ints, got {hidden}")
+        self.hidden = hidden
+        sizes = [1, *hidden]
+        self._shapes = [(b, a) for a, b in itertools.pairwise(sizes)]  # W_l: (H_l, H_{l-1})
+        self.num_params = sum(b * a + b for b, a in self._shapes) + hidden[-1] + 2
+        # raw-parameter offsets: softplus(0 + offset) gives w_1 = 1, W_l = 1 / H_{l-1},
+        # α = 1/2 (with ε), biases spread evenly over [-2, 2], and equal a_k that make the
+        # slope at x = 0 exactly 1: α + a_0 Σ_k ∂h_k/∂x(0) = 1
+        self._weight_shift = [_inv_softplus(1.0 / a) for _, a in self._shapes]
+        self._slope_shift = _inv_softplus(0.5 - self.min_slope)
+        zero = torch.zeros(self.num_params, dtype=torch.float64)
+        h, _ = self._hidden(torch.tensor([-2.0, 2.0], dtype=zero.dtype), self._unpack_layers(zero))
+        self._out_shift = _inv_softplus(2.0 / float((h[1] - h[0]).sum()))
+
+    def _unpack_layers(self, params: Tensor) -> list[tuple[Tensor, Tensor, Tensor]]:
+        """``[(ln W_l, W_l, b_l)]`` from ``params: (..., k)``."""
+        layers, start = [], 0
+        for (rows, cols), shift in zip(self._shapes, self._weight_shift, strict=True):
+            raw = params[..., start : start + rows * cols].unflatten(-1, (rows, cols))
+            start += rows * cols
+            # the centres of `rows` equal bins of [-2, 2] (first layer) or [-1, 1]
+            centre = torch.arange(rows, dtype=params.dtype, device=params.device)
+            offset = ((2 * centre + 1) / rows - 1) * (2 if cols == 1 else 1)
+            bias = params[..., start : start + rows] + offset
+            start += rows
+            log_w = _log_softplus(raw + shift)
+            layers.append((log_w, torch.exp(log_w), bias))
+        return layers
+
+    def _unpack(self, params: Tensor) -> tuple[list[tuple[Tensor, Tensor, Tensor]], ...]:
+        """``[(ln W_l, W_l, b_l)]``, ``(ln a, a)``, ``α``, ``c`` from ``params: (..., k)``."""
+        layers = self._unpack_layers(params)
+        start = self.num_params - self.hidden[-1] - 2
+        log_a = _log_softplus(params[..., start : start + self.hidden[-1]] + self._out_shift)
+        start += self.hidden[-1]
+        slope = self.min_slope + F.softplus(params[..., start] + self._slope_shift)
+        return layers, (log_a, torch.exp(log_a)), slope, params[..., start + 1]
+
+    @staticmethod
+    def _hidden(x: Tensor, layers: list[tuple[Tensor, Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
+        """The last hidden layer ``h_L`` and ``g_L = ln ∂h_L/∂x``, each ``(..., H_L)``."""
+        (log_w, w, bias), *rest = layers
+        # the first layer's input is x itself (∂x/∂x = 1)
+        u = w.squeeze(-1) * x.unsqueeze(-1) + bias
+        g = log_w.squeeze(-1) + _log_sech2(u)
+        h = torch.tanh(u)
+        for log_w, w, bias in rest:
+            u = (w @ h.unsqueeze(-1)).squeeze(-1) + bias
+            g = _log_sech2(u) + torch.logsumexp(log_w + g.unsqueeze(-2), -1)
+            h = torch.tanh(u)
+        return h, g
+
+    def _evaluate(self, x: Tensor, unpacked) -> tuple[Tensor, Tensor]:
+        """``(y, ln y')`` at ``x: (...)`` (forward-mode chain rule in log space)."""
+        layers, (log_a, a), slope, shift = unpacked
+        h, g = self._hidden(x, layers)
+        y = shift + slope * x + (a * h).sum(-1)
+        terms = log_a + g  # (..., H_L), broadcast over x and the parameters
+        log_slope = torch.log(slope).unsqueeze(-1).expand(*terms.shape[:-1], 1)
+        log_dy = torch.logsumexp(torch.cat([log_slope, terms], -1), -1)
+        return y, log_dy
+
+    def call(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        return self._evaluate(x, self._unpack(params))
+
+    def inverse(self, y: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        """``(x, ln dy/dx at x)``, ``x`` by bracketed safeguarded Newton bisection."""
+        unpacked = self._unpack(params)
+        _, (_, a), slope, shift = unpacked
+        y = torch.broadcast_to(y, torch.broadcast_shapes(y.shape, slope.shape))
+        # |a·h| < A, so the root lies within (y - c ± A) / α; the margin of 1 keeps the
+        # bracket strict after rounding
+        reach = a.sum(-1) + 1
+
+        def residual(x: Tensor) -> tuple[Tensor, Tensor]:
+            value, log_dy = self._evaluate(x, unpacked)
+            return value - y, torch.exp(log_dy)
+
+        x = solve_increasing(residual, (y - shift - reach) / slope, (y - shift + reach) / slope)
+        return x, self._evaluate(x, unpacked)[1]
+
+
+def _inv_softplus(value: float) -> float:
+    """The ``r`` with ``softplus(r) = value > 0``."""
+    return math.log(math.expm1(value))
+
+
+TRANSFORMERS = {
+    "additive": Additive(),
+    "affine": Affine(),
+    "spline": Spline(),
+    "monotone": Monotone(),
+}
