@@ -201,3 +201,46 @@ def test_density_config_refuses_bad_settings():
         DensityConfig(valid_fraction=0.7).validate()
     with pytest.raises(ValueError, match="flow"):
         DensityConfig(flow="glow").validate()
+
+
+def test_compile_falls_back_to_eager_with_a_warning(monkeypatch):
+    """Where torch.compile fails (e.g. no C++ compiler), training goes on eagerly and gives
+    the same fit as an eager run."""
+
+    def broken(fn, **kwargs):
+        def call(*args):
+            raise RuntimeError("no compiler")
+
+        return call
+
+    x = torch.randn(64, 2, dtype=torch.float64)
+    fits = []
+    for compile in (False, True):
+        torch.manual_seed(0)
+        flow = build("realnvp", 2, length=2, hidden=(8,)).double()
+        if compile:
+            monkeypatch.setattr(torch, "compile", broken)
+            with pytest.warns(RuntimeWarning, match="torch.compile failed"):
+                trace, _ = fit_density(
+                    flow, x, iters=5, batch_size=16, progress=False, compile=True
+                )
+        else:
+            trace, _ = fit_density(flow, x, iters=5, batch_size=16, progress=False)
+        fits.append((trace, flow.state_dict()))
+    torch.testing.assert_close(fits[0][0], fits[1][0], rtol=0, atol=0)
+    for name, value in fits[0][1].items():
+        torch.testing.assert_close(value, fits[1][1][name], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("part", "expected"),
+    [
+        ([1, 1, 0, 0, 0], (slice(0, 2), slice(2, 5))),
+        ([0, 0, 0, 1, 1], (slice(3, 5), slice(0, 3))),
+        ([1, 0, 1, 0], None),
+    ],
+)
+def test_coupling_parts_are_slices_only_for_contiguous_ranges(part, expected):
+    from flowvi.transforms.coupling import contiguous_parts
+
+    assert contiguous_parts(torch.tensor(part, dtype=torch.bool)) == expected

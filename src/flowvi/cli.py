@@ -165,6 +165,12 @@ def _density_parser(commands) -> None:
     option("--device", help="cpu, cuda, cuda:N or auto")
     option("--dtype", help="float32 or float64")
     option("--checkpoint-every", type=int, help="iterations between checkpoints")
+    option(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        help="torch.compile the training step's log density (faster steps after a compile "
+        "of tens of seconds; for long runs)",
+    )
     density.add_argument(
         "--out", type=Path, default=None, help="run directory (default: runs/density-<date>-<time>)"
     )

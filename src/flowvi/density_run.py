@@ -60,6 +60,7 @@ class DensityConfig:
     device: str = "cpu"
     dtype: str = "float32"
     checkpoint_every: int = 1_000
+    compile: bool = False
 
     @property
     def kind(self) -> str:
@@ -241,6 +242,7 @@ def run_density(
         resume=resume,
         checkpoint_every=config.checkpoint_every,
         progress=progress,
+        compile=config.compile,
     )
     save(flow, directory)
     _write_trace(directory / "trace.csv", trace, stopper.trace)

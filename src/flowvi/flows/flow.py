@@ -145,13 +145,19 @@ class NormalizingFlow(nn.Module, Distribution):
         q0 = self.base()
         Distribution.__init__(self, q0.batch_shape, q0.event_shape, validate_args=False)
 
-    def forward(self, context: Tensor | None = None) -> FlowDistribution:
+    def forward(
+        self, context: Tensor | None = None, *, validate_args: bool | None = None
+    ) -> FlowDistribution:
         """The flow's distribution; with ``context: (*batch, c)`` its batch shape is ``*batch``
-        (the base is expanded to it), one conditional distribution per context row."""
+        (the base is expanded to it), one conditional distribution per context row.
+        ``validate_args=False`` skips the input checks of ``log_prob`` (two host syncs): for
+        training loops whose data were checked once up front."""
         q0 = self.base(context)
         if context is not None:
             q0 = q0.expand(torch.broadcast_shapes(q0.batch_shape, context.shape[:-1]))
-        return FlowDistribution(q0, build_transforms(self.layers, context))
+        return FlowDistribution(
+            q0, build_transforms(self.layers, context), validate_args=validate_args
+        )
 
     def rsample(
         self, sample_shape: torch.Size | Sequence[int] = _SHAPE, context: Tensor | None = None

@@ -18,7 +18,7 @@ from flowvi._checks import check_choice, check_dim
 from flowvi.nn import MADE, MLP, RecurrentConditioner, _with_context
 from flowvi.transforms.autoregressive import AutoregressiveTransform, RecurrentTransform
 from flowvi.transforms.base import Transform
-from flowvi.transforms.coupling import CouplingTransform
+from flowvi.transforms.coupling import CouplingTransform, contiguous_parts
 from flowvi.transforms.transformers import TRANSFORMERS, Monotone
 
 MASKS = ("half", "alternate", "checkerboard")
@@ -187,6 +187,9 @@ class Coupling(_Networked):
         # the index sets, derived from the mask (so not saved): A's coordinates, then B's
         self.register_buffer("index_a", torch.nonzero(part).squeeze(-1), persistent=False)
         self.register_buffer("index_b", torch.nonzero(~part).squeeze(-1), persistent=False)
+        join_order = torch.argsort(torch.cat([self.index_a, self.index_b]))
+        self.register_buffer("join_order", join_order, persistent=False)
+        self._slices = contiguous_parts(part)  # views instead of gathers where A, B are ranges
         self._set_transformer(transformer, monotone_hidden)
         n_a = len(self.index_a)
         self.k = self.transformer.num_params
@@ -198,7 +201,8 @@ class Coupling(_Networked):
         def conditioner(x_a: Tensor) -> Tensor:
             return self.net(_with_context(x_a, context)).unflatten(-1, (-1, self.k))
 
-        return CouplingTransform(self.index_a, self.index_b, conditioner, self.transformer)
+        a, b = self._slices or (self.index_a, self.index_b)
+        return CouplingTransform(a, b, conditioner, self.transformer, self.join_order)
 
 
 class NICE(Coupling):

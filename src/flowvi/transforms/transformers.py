@@ -43,7 +43,8 @@ class Affine:
     bound = 3.0
 
     def _shift_log_scale(self, params: Tensor) -> tuple[Tensor, Tensor]:
-        return params[..., 0], self.bound * torch.tanh(params[..., 1] / self.bound)
+        shift, raw = params.unbind(-1)  # one view op (and one node), not two selects
+        return shift, self.bound * torch.tanh(raw / self.bound)
 
     def call(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
         shift, log_scale = self._shift_log_scale(params)
