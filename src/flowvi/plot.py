@@ -351,3 +351,46 @@ def image_panels(
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def latent_posteriors_figure(
+    runs: Sequence[tuple[str, Sequence]],
+    path: str | Path,
+    *,
+    images: torch.Tensor | None = None,
+    shape: tuple[int, ...] = (),
+) -> Path:
+    """2-D latent posteriors of a few images, exactly on grids (Kingma et al. 2016, Figure 1).
+
+    ``runs``: ``(label, grids)`` per model, ``grids`` a list of
+    :class:`flowvi.vae.latent2d.PosteriorGrid` (one per image, the same images for every run).
+    One row per image; per run two panels on that image's grid: the true posterior
+    :math:`p(z \\mid x) \\propto p(x \\mid z) p(z)` normalized on the grid, and the amortized
+    :math:`q(z \\mid x)` (exact ``log_prob``) with the true posterior's contours over it, titled
+    with the grid's KL(q || p(z|x)) (the inference gap, nats). With ``images: (n, D)`` and
+    their ``shape``, a first column shows each image.
+    """
+    n = len(runs[0][1])
+    lead = images is not None
+    cols = 2 * len(runs) + lead
+    fig, axes = plt.subplots(n, cols, figsize=(2.3 * cols, 2.3 * n), squeeze=False)
+    for i in range(n):
+        if lead:
+            axes[i, 0].imshow(images[i].detach().cpu().reshape(shape[-2:]).numpy(), cmap="gray")
+            axes[i, 0].set_axis_off()
+        for r, (label, grids) in enumerate(runs):
+            g = grids[i]
+            extent = (*g.box[0], *g.box[1])
+            post, q = torch.exp(g.log_post).numpy(), torch.exp(g.log_q).numpy()
+            left, right = axes[i, lead + 2 * r], axes[i, lead + 2 * r + 1]
+            left.imshow(post, origin="lower", extent=extent, cmap="viridis", aspect="auto")
+            right.imshow(q, origin="lower", extent=extent, cmap="viridis", aspect="auto")
+            xs = torch.linspace(*g.box[0], post.shape[1]).numpy()
+            ys = torch.linspace(*g.box[1], post.shape[0]).numpy()
+            right.contour(xs, ys, post, levels=4, colors="white", linewidths=0.5)
+            left.set_title(f"{label}: p(z|x)", fontsize=8)
+            right.set_title(f"{label}: q(z|x), KL {g.kl:.2f}", fontsize=8)
+            for ax in (left, right):
+                ax.tick_params(labelsize=6)
+    fig.tight_layout()
+    return _save(fig, path)

@@ -323,11 +323,21 @@ def evaluate_vae(
     chunk: int | None = None,
     device: str = "cpu",
     seed: int = 0,
+    compare: tuple[str | Path, ...] = (),
 ) -> dict[str, Any]:
     r"""Test :math:`-\mathrm{ELBO}` and :math:`-\ln p(x)` (importance sampling with ``samples``,
     default the run's ``eval_samples``, 5000) of a trained run, with standard errors over the
     test images; written to ``metrics.json`` and returned (nats per image). A nonlinear-PCA
-    run gets :func:`flowvi.vae.pca.evaluate_nlpca` (test reconstruction error) instead."""
+    run gets :func:`flowvi.vae.pca.evaluate_nlpca` (test reconstruction error) instead.
+
+    With a 2-D latent space, ``posterior2d.png`` draws :math:`q(z \mid x)` and the true
+    posterior of the first 4 test images exactly on grids, beside those of the runs in
+    ``compare`` (e.g. a diagonal posterior against a flow; :mod:`flowvi.vae.latent2d`), and
+    ``metrics["latent2d"]`` holds the grids' ln p(x) and KL(q || p(z|x)) per image.
+
+    Raises:
+        ValueError: for ``compare`` runs without a 2-D latent space or on other data.
+    """
     if (Path(directory) / CONFIG).exists():
         if read_json(Path(directory) / CONFIG).get("model") == "nlpca":
             from flowvi.vae.pca import evaluate_nlpca
@@ -335,6 +345,7 @@ def evaluate_vae(
             return evaluate_nlpca(directory, device=device)
     model, config = load_vae(directory, device=device)
     model.eval()
+    others = _compared_runs(config, compare, device)
     splits = _splits(config)
     x = splits.test.to(device=next(model.parameters()).device, dtype=DTYPES[config.dtype])
     k = samples or config.eval_samples
@@ -357,11 +368,40 @@ def evaluate_vae(
     from flowvi.vae.evaluate import importance_diagnostics  # PSIS k-hat of q(z|x) per image
 
     metrics |= importance_diagnostics(model, x[:1000], samples=1000)
+    if config.latent == 2 or compare:
+        metrics["latent2d"] = _latent_figure(model, config, splits, directory, others)
     train_json = Path(directory) / "train.json"
     if train_json.exists():
         metrics["training"] = read_json(train_json)
     write_json(Path(directory) / "metrics.json", metrics)
     return metrics
+
+
+def _compared_runs(config: VAEConfig, compare, device: str) -> list[tuple[str, VAE]]:
+    """The ``--compare`` runs of ``flowvi vae eval``, labelled, checked against ``config``."""
+    runs = []
+    for other in compare:
+        m, c = load_vae(other, device=device)
+        if (c.data, c.data_dir, c.binarize, c.seed) != (
+            config.data,
+            config.data_dir,
+            config.binarize,
+            config.seed,
+        ):
+            raise ValueError(f"--compare {other}: its data or split differ from this run's")
+        if c.latent != 2:
+            raise ValueError(f"--compare {other}: its latent space is {c.latent}-D, not 2-D")
+        runs.append((f"{Path(other).name}: {c.posterior} K={c.length}", m.eval()))
+    return runs
+
+
+def _latent_figure(model, config, splits, directory, others) -> list[dict]:
+    from flowvi.vae.latent2d import latent_figure
+
+    runs = [(f"{config.posterior} K={config.length}", model), *others]
+    x = splits.test[:4].to(next(model.parameters()))
+    path = Path(directory) / "posterior2d.png"
+    return latent_figure(runs, x, path, image_shape=splits.image_shape)
 
 
 @torch.no_grad()
