@@ -148,3 +148,23 @@ def test_verdict_flags_a_dropped_mode_and_grades_the_fit():
     assert verdict({"kl": 0.01, "forward_kl": 0.01, "ess_fraction": 0.97}).startswith("good")
     assert verdict({"kl": 0.2, "forward_kl": 0.3, "ess_fraction": 0.4}).startswith("fair")
     assert verdict({"kl": 7.7, "forward_kl": 3.0, "ess_fraction": 0.3}).startswith("poor")
+
+
+@pytest.mark.parametrize(("schedule", "total"), [("constant", 4.0), ("cosine", 2.5)])
+def test_learning_rate_schedules_set_each_steps_size(schedule, total):
+    """With a constant gradient Adam's first steps move a parameter by exactly the learning
+    rate, so the distance moved is the sum of the schedule: 4 lr constant, and for the cosine
+    over 4 steps lr Σ_t (1 + cos(π t / 4)) / 2 = 2.5 lr."""
+    from flowvi.train import train
+
+    model = torch.nn.Linear(1, 1, bias=False).double()
+    torch.nn.init.zeros_(model.weight)
+
+    def loss_fn(t):
+        loss = model.weight.sum()
+        return loss, {"loss": loss}
+
+    train(model, loss_fn, iters=4, lr=1e-2, schedule=schedule, progress=False)
+    assert -model.weight.item() == pytest.approx(total * 1e-2, rel=1e-6)
+    with pytest.raises(ValueError, match="schedule"):
+        train(model, loss_fn, iters=1, schedule="linear", progress=False)

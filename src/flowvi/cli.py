@@ -159,6 +159,7 @@ def _density_parser(commands) -> None:
     option("--batch-size", type=int, help="data points per iteration")
     option("--lr", type=float, help="learning rate")
     option("--optimizer", help="adam or rmsprop")
+    option("--schedule", help="learning rate: cosine (decays to 0 at --iters) or constant")
     option("--valid-every", type=int, help="iterations between validation evaluations")
     option("--patience", type=int, help="evaluations without improvement before stopping")
     option("--seed", type=int, help="random seed")

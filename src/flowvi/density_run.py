@@ -22,7 +22,7 @@ from flowvi.flows.fixed import LogitPreprocessing, Standardization
 from flowvi.io import CONFIG, atomic_write, load, read_json, save, write_json
 from flowvi.plot import density_figure, image_grid
 from flowvi.run import DTYPES, resolve_device
-from flowvi.train import CHECKPOINT, make_optimizer
+from flowvi.train import CHECKPOINT, SCHEDULES, make_optimizer
 
 IMAGES = ("digits", "fashion-mnist", "mnist")
 FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
@@ -54,6 +54,7 @@ class DensityConfig:
     batch_size: int = 256
     lr: float = 1e-3
     optimizer: str = "adam"
+    schedule: str = "cosine"
     valid_every: int = 100
     patience: int = 20
     seed: int = 0
@@ -91,6 +92,7 @@ class DensityConfig:
         check_choice(self.flow, LAYERS, "flow")
         check_choice(self.base, flowvi.distributions.BASES, "base")
         make_optimizer([torch.zeros(1, requires_grad=True)], self.optimizer, self.lr)
+        check_choice(self.schedule, SCHEDULES, "schedule")
         resolve_device(self.device)
         if self.kind == "table" and Path(self.data).suffix.lower() not in (".npy", ".csv"):
             raise ValueError(
@@ -235,6 +237,7 @@ def run_density(
         batch_size=config.batch_size,
         lr=config.lr,
         optimizer=config.optimizer,
+        schedule=config.schedule,
         valid_every=config.valid_every,
         patience=config.patience,
         augment=augment,

@@ -18,6 +18,7 @@ from flowvi.io import write_tensors
 
 CHECKPOINT = "checkpoint.safetensors"
 OPTIMIZERS = {"adam": torch.optim.Adam, "rmsprop": torch.optim.RMSprop}
+SCHEDULES = ("constant", "cosine")
 
 LossFn = Callable[[int], tuple[Tensor, Mapping[str, Tensor]]]
 
@@ -132,6 +133,7 @@ def train(
     iters: int,
     lr: float = 1e-3,
     optimizer: str = "adam",
+    schedule: str = "constant",
     directory: str | Path | None = None,
     resume: bool = False,
     checkpoint_every: int = 1000,
@@ -146,6 +148,11 @@ def train(
     ``loss_fn(t)`` returns the scalar loss and named per-sample tensors that it was computed
     from (e.g. ``{"target log density": log_p}``); the names are used to explain a failure.
     The progress bar (tqdm) shows the loss as ``label``, refreshed every 25 iterations.
+
+    ``schedule``: the learning rate is ``lr`` throughout (``"constant"``) or decays as
+    ``lr (1 + cos(π t / iters)) / 2`` (``"cosine"``, Loshchilov & Hutter 2017, without
+    restarts); a function of ``t`` alone, so a resumed run follows it exactly (extending
+    ``iters`` on resume stretches the rest of the curve).
 
     Every ``checkpoint_every`` iterations, and at the end, the model, optimizer and random
     number generator states and the loss trace go to ``directory/checkpoint.safetensors``,
@@ -171,6 +178,7 @@ def train(
     """
     check_dim(iters, "iters")
     check_dim(checkpoint_every, "checkpoint_every")
+    check_choice(schedule, SCHEDULES, "schedule")
     params = [p for p in model.parameters() if p.requires_grad]
     opt = make_optimizer(params, optimizer, lr)
     trace = torch.full((iters,), math.nan)
@@ -197,6 +205,9 @@ def train(
         if not torch.isfinite(loss.detach() + grad_norm):  # the one host sync per step
             checkpoint(t)
             raise NonFiniteLossError(_explain(t, loss, grad_norm, parts, path))
+        if schedule == "cosine":
+            for group in opt.param_groups:
+                group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * t / iters))
         opt.step()
         trace[t] = loss.detach()
         if early_stopping is not None and (t + 1) % early_stopping.every == 0:
