@@ -201,3 +201,27 @@ def test_bad_hidden_sizes_are_refused(tmp_path, capsys):
         == 2
     )
     assert "hidden" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("flow", "option", "value", "spec"),
+    [
+        ("realnvp", "--mask", "alternate", "mask"),
+        ("maf", "--order", "random", "order"),
+    ],
+)
+def test_fit_takes_the_mask_and_order_of_networked_layers(tmp_path, flow, option, value, spec):
+    out = tmp_path / "run"
+    args = ["fit", "--target", "gaussian", "--flow", flow, "--length", "2", "--hidden", "8"]
+    args += [option, value, "--iters", "5", "--samples", "200", "--quiet", "--out", str(out)]
+    assert main(args) == 0
+    assert json.loads((out / "config.json").read_text())[spec] == value
+    loaded = flowvi.load(out)
+    assert all(layer.spec[spec] == value for layer in loaded.layers)
+
+
+def test_fit_refuses_an_unknown_mask(tmp_path, capsys):
+    argv = ["fit", "--flow", "realnvp", "--mask", "stripes", "--out", str(tmp_path / "r")]
+    with pytest.raises(SystemExit):
+        main(argv)
+    assert "--mask" in capsys.readouterr().err

@@ -20,6 +20,7 @@ from flowvi.density_run import (
     run_density,
 )
 from flowvi.flows import LAYERS
+from flowvi.flows.networked import MASKS, ORDERS
 from flowvi.inference.cavi import INITS
 from flowvi.inference.cavi_run import CAVIConfig, run_cavi
 from flowvi.inference.estimators import EstimatorsConfig, run_estimators
@@ -64,6 +65,12 @@ def _parser() -> argparse.ArgumentParser:
     option("--flow", help=f"layer family: {', '.join(LAYERS)}")
     option("--length", "-K", type=int, help="flow length K")
     option("--hidden", type=_sizes, help="hidden sizes of coupling/MADE networks, e.g. 64,64")
+    option("--mask", choices=list(MASKS), help="coupling split (checkerboard: square d)")
+    option(
+        "--order",
+        choices=list(ORDERS),
+        help="autoregressive order of every layer (default: natural and reverse alternate)",
+    )
     option("--base", help="base distribution: standard or diagonal")
     option("--iters", type=int, help="training iterations")
     option("--batch-size", type=int, help="samples per iteration")

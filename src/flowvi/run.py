@@ -17,6 +17,7 @@ from flowvi import targets
 from flowvi._checks import check_choice, check_dim
 from flowvi.fitting import fit
 from flowvi.flows import build
+from flowvi.flows.networked import MASKS, ORDERS
 from flowvi.io import CONFIG, atomic_write, load, read_json, save, write_json
 from flowvi.metrics import evaluate
 from flowvi.objectives import beta_schedule
@@ -38,6 +39,8 @@ class FitConfig:
     length: int = 32
     base: str = "standard"
     hidden: tuple[int, ...] = (64, 64)
+    mask: str = "half"
+    order: str | None = None
     dim: int | None = None
     confine: bool | None = None
     iters: int = 10_000
@@ -68,6 +71,9 @@ class FitConfig:
         check_choice(self.dtype, DTYPES, "dtype")
         check_choice(self.flow, flowvi.flows.LAYERS, "flow")
         check_choice(self.base, flowvi.distributions.BASES, "base")
+        check_choice(self.mask, MASKS, "mask")
+        if self.order is not None:
+            check_choice(self.order, ORDERS, "order")
         make_optimizer([torch.zeros(1, requires_grad=True)], self.optimizer, self.lr)
         beta_schedule(0, beta0=self.beta0, anneal_iters=self.anneal_iters)
         if self.dim is not None:
@@ -123,7 +129,13 @@ def run_fit(
     device, dtype = resolve_device(config.device), DTYPES[config.dtype]
     torch.manual_seed(config.seed)
     flow = build(
-        config.flow, target.dim, length=config.length, base=config.base, hidden=config.hidden
+        config.flow,
+        target.dim,
+        length=config.length,
+        base=config.base,
+        hidden=config.hidden,
+        mask=config.mask,
+        order=config.order,
     )
     flow = flow.to(device=device, dtype=dtype)
     target = target.to(device)
