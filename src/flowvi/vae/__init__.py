@@ -1,8 +1,16 @@
 """Amortized variational inference: VAEs whose encoder outputs the flow of the posterior."""
 
 from flowvi.vae.evaluate import log_likelihood, mean_and_se, mean_elbo
+from flowvi.vae.latent2d import posterior_grids
 from flowvi.vae.model import VAE
-from flowvi.vae.networks import BernoulliDecoder, Encoder, LinearGaussianDecoder
+from flowvi.vae.networks import (
+    BernoulliDecoder,
+    ConvBernoulliDecoder,
+    ConvEncoder,
+    Encoder,
+    GatedConv2d,
+    LinearGaussianDecoder,
+)
 from flowvi.vae.posterior import POSTERIORS, GaussianBase, make_posterior
 from flowvi.vae.prior import PRIORS, make_prior
 
@@ -11,7 +19,10 @@ __all__ = [
     "PRIORS",
     "VAE",
     "BernoulliDecoder",
+    "ConvBernoulliDecoder",
+    "ConvEncoder",
     "Encoder",
+    "GatedConv2d",
     "GaussianBase",
     "LinearGaussianDecoder",
     "log_likelihood",
@@ -19,4 +30,5 @@ __all__ = [
     "make_prior",
     "mean_and_se",
     "mean_elbo",
+    "posterior_grids",
 ]
