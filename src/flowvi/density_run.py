@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import io as _io
 import math
-import platform
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -19,10 +18,19 @@ from flowvi._checks import check_choice, check_dim
 from flowvi.density import check_data, fit_density
 from flowvi.flows import LAYERS, NormalizingFlow, build
 from flowvi.flows.fixed import LogitPreprocessing, Standardization
-from flowvi.io import CONFIG, atomic_write, load, read_json, save, write_json
+from flowvi.io import (
+    CONFIG,
+    atomic_write,
+    load,
+    read_json,
+    run_directory,
+    save,
+    versions,
+    write_json,
+)
 from flowvi.plot import density_figure, image_grid
 from flowvi.run import DTYPES, resolve_device
-from flowvi.train import CHECKPOINT, SCHEDULES, make_optimizer
+from flowvi.train import SCHEDULES, make_optimizer
 
 IMAGES = ("digits", "fashion-mnist", "mnist")
 FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
@@ -204,14 +212,7 @@ def run_density(
             keeps the last good parameters.
     """
     config.validate()
-    directory = Path(directory)
-    if (directory / CONFIG).exists() and not resume:
-        raise ValueError(
-            f"{directory} already holds a run; continue it with --resume {directory} "
-            "or choose another --out"
-        )
-    if resume and not (directory / CHECKPOINT).exists():
-        raise ValueError(f"cannot resume {directory}: it has no {CHECKPOINT}")
+    directory = run_directory(directory, resume=resume)
     splits = load_splits(config)
     d = splits.train.shape[1]
     device, dtype = resolve_device(config.device), DTYPES[config.dtype]
@@ -274,11 +275,7 @@ def _provenance(splits: Splits, device: torch.device) -> dict[str, Any]:
         "levels": splits.levels,
         "image_shape": splits.image_shape,
         "resolved_device": str(device),
-        "versions": {
-            "flowvi": flowvi.__version__,
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-        },
+        "versions": versions(),
     }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -16,6 +17,35 @@ from torch import Tensor
 from flowvi.flows import NormalizingFlow, describe, rebuild
 
 CONFIG, WEIGHTS = "config.json", "model.safetensors"
+CHECKPOINT = "checkpoint.safetensors"
+
+
+def run_directory(directory: str | Path, *, resume: bool = False, resumable: bool = True) -> Path:
+    """``directory`` as a ``Path``, checked before a run writes to it.
+
+    Raises:
+        ValueError: if it already holds a run (a ``config.json``) and ``resume`` is false (the
+            message suggests ``--resume`` when the command is ``resumable``), or if ``resume``
+            is true and it has no checkpoint to resume from.
+    """
+    directory = Path(directory)
+    if (directory / CONFIG).exists() and not resume:
+        again = f"continue it with --resume {directory} or " if resumable else ""
+        raise ValueError(f"{directory} already holds a run; {again}choose another --out")
+    if resume and not (directory / CHECKPOINT).exists():
+        raise ValueError(f"cannot resume {directory}: it has no {CHECKPOINT}")
+    return directory
+
+
+def versions() -> dict[str, str]:
+    """The versions a run records in its ``config.json``: flowvi, torch, Python."""
+    import flowvi  # the package's own version; imported here, as flowvi imports this module
+
+    return {
+        "flowvi": flowvi.__version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
 
 
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:

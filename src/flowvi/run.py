@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import io as _io
 import math
-import platform
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -18,11 +17,20 @@ from flowvi._checks import check_choice, check_dim
 from flowvi.fitting import fit
 from flowvi.flows import build
 from flowvi.flows.networked import MASKS, ORDERS
-from flowvi.io import CONFIG, atomic_write, load, read_json, save, write_json
+from flowvi.io import (
+    CONFIG,
+    atomic_write,
+    load,
+    read_json,
+    run_directory,
+    save,
+    versions,
+    write_json,
+)
 from flowvi.metrics import evaluate
 from flowvi.objectives import beta_schedule
 from flowvi.plot import fit_figure
-from flowvi.train import CHECKPOINT, make_optimizer
+from flowvi.train import make_optimizer
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -117,15 +125,8 @@ def run_fit(
             keeps the last good parameters.
     """
     config.validate()
-    directory = Path(directory)
+    directory = run_directory(directory, resume=resume)
     target = config.resolve_target()
-    if (directory / CONFIG).exists() and not resume:
-        raise ValueError(
-            f"{directory} already holds a run; continue it with --resume {directory} "
-            "or choose another --out"
-        )
-    if resume and not (directory / CHECKPOINT).exists():
-        raise ValueError(f"cannot resume {directory}: it has no {CHECKPOINT}")
     device, dtype = resolve_device(config.device), DTYPES[config.dtype]
     torch.manual_seed(config.seed)
     flow = build(
@@ -143,11 +144,7 @@ def run_fit(
         "dim": target.dim,
         "confine": getattr(target, "confine", None),
         "resolved_device": str(device),
-        "versions": {
-            "flowvi": flowvi.__version__,
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-        },
+        "versions": versions(),
     }
     write_json(directory / CONFIG, record)
     trace = fit(

@@ -14,9 +14,8 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from flowvi._checks import check_choice, check_dim
-from flowvi.io import write_tensors
+from flowvi.io import CHECKPOINT, write_tensors
 
-CHECKPOINT = "checkpoint.safetensors"
 OPTIMIZERS = {"adam": torch.optim.Adam, "rmsprop": torch.optim.RMSprop}
 SCHEDULES = ("constant", "cosine")
 

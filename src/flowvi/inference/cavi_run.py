@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import io as _io
 import math
-import platform
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -14,12 +13,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-import flowvi
 from flowvi._checks import check_choice, check_dim
 from flowvi.data import read_table
 from flowvi.inference.cavi import INITS, CAVIResult, cavi, check_prior_std, simulate, update_locals
 from flowvi.inference.svi import SVIResult, svi
-from flowvi.io import CONFIG, atomic_write, write_json
+from flowvi.io import CONFIG, atomic_write, run_directory, versions, write_json
 from flowvi.run import resolve_device
 
 METHODS = ("cavi", "svi")
@@ -133,9 +131,7 @@ def run_cavi(config: CAVIConfig, directory: str | Path) -> dict[str, Any]:
         FileNotFoundError: for a missing data file.
     """
     config.validate()
-    directory = Path(directory)
-    if (directory / CONFIG).exists():
-        raise ValueError(f"{directory} already holds a run; choose another --out")
+    directory = run_directory(directory, resumable=False)
     train, test = load_data(config)
     if config.method == "svi" and config.batch_size > len(train):
         raise ValueError(
@@ -267,11 +263,7 @@ def _provenance(train: Tensor, test: Tensor, device: torch.device) -> dict[str, 
         "train_points": len(train),
         "test_points": len(test),
         "resolved_device": str(device),
-        "versions": {
-            "flowvi": flowvi.__version__,
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-        },
+        "versions": versions(),
     }
 
 
