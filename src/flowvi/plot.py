@@ -316,13 +316,18 @@ def vae_grid(
     return _save(fig, path)
 
 
-def _tiles(images: torch.Tensor, shape: tuple[int, ...], columns: int) -> tuple[torch.Tensor, int]:
+def _tiles(
+    images: torch.Tensor, shape: tuple[int, ...], columns: int, *, gap: int = 0
+) -> tuple[torch.Tensor, int]:
     """``images: (n, D)`` clamped to [0, 1] and tiled row by row, ``columns`` per row (the
-    last row padded with black): ``(rows * H, columns * W)`` and the number of rows."""
+    last row padded with black), each image framed by ``gap`` grey (0.5) pixels on its right
+    and bottom: ``(rows * (H + gap), columns * (W + gap))`` and the number of rows."""
     x = images.detach().cpu().double().clamp(0, 1)
     rows = math.ceil(len(x) / columns)
     x = torch.cat([x, x.new_zeros(rows * columns - len(x), x.shape[1])])
     h, w = shape[-2:]
+    x = torch.nn.functional.pad(x.reshape(-1, h, w), (0, gap, 0, gap), value=0.5)
+    h, w = h + gap, w + gap
     tiles = x.reshape(rows, columns, h, w).permute(0, 2, 1, 3).reshape(rows * h, columns * w)
     return tiles, rows
 
@@ -337,8 +342,9 @@ def image_panels(
 ) -> Path:
     """Grids of images side by side, one panel per entry of ``panels`` (its title the key):
     ``images: (n, D)`` in ``[0, 1]`` (pixel probabilities or binary images) shown as grey
-    images of ``shape[-2:]``, ``columns`` per row, e.g. samples of several generative models."""
-    tiled = [(name, *_tiles(x, shape, columns)) for name, x in panels.items()]
+    images of ``shape[-2:]`` framed in grey, ``columns`` per row, e.g. samples of several
+    generative models."""
+    tiled = [(name, *_tiles(x, shape, columns, gap=1)) for name, x in panels.items()]
     rows = max(r for _, _, r in tiled)
     fig, axes = plt.subplots(
         1, len(tiled), figsize=(len(tiled) * columns * 0.5, rows * 0.5 + 0.6), squeeze=False

@@ -11,6 +11,7 @@ from flowvi.vae.networks import (
     GatedConv2d,
     LinearGaussianDecoder,
 )
+from flowvi.vae.pca import NonlinearPCA
 from flowvi.vae.posterior import POSTERIORS, GaussianBase, make_posterior
 from flowvi.vae.prior import PRIORS, make_prior
 
@@ -25,6 +26,7 @@ __all__ = [
     "GatedConv2d",
     "GaussianBase",
     "LinearGaussianDecoder",
+    "NonlinearPCA",
     "log_likelihood",
     "make_posterior",
     "make_prior",
