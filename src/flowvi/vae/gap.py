@@ -13,7 +13,6 @@ bidirectional Monte Carlo (:func:`bdmc`) certifies on data simulated from the mo
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ from flowvi.flows.layer import Layer
 from flowvi.io import write_json
 from flowvi.vae.evaluate import mean_and_se
 from flowvi.vae.model import VAE
+from flowvi.vae.posterior import GaussianBase
 
 GAP_JSON = "gap.json"
 
@@ -153,11 +153,19 @@ class LocalPosterior(nn.Module):
 
     ``forward()`` returns the :class:`flowvi.flows.FlowDistribution` with batch shape ``(n,)``.
     The model's own parameters are not registered here (they stay frozen).
+
+    Raises:
+        ValueError: if the posterior's base is not a :class:`flowvi.vae.GaussianBase`.
     """
 
     def __init__(self, model: VAE, x: Tensor) -> None:
         super().__init__()
         posterior: NormalizingFlow = model.posterior
+        if not isinstance(posterior.base, GaussianBase):
+            raise ValueError(
+                "local q* needs the amortized Gaussian base of flowvi.vae.make_posterior, got "
+                f"{type(posterior.base).__name__}"
+            )
         with torch.no_grad():
             h = model.encoder(x)
             self.mean = nn.Parameter(posterior.base.mean(h).clone())
@@ -364,7 +372,8 @@ def inference_gap(model: VAE, x: Tensor, settings: GapSettings = GapSettings()) 
         ``per_point`` (lists of length ``n``: ``log_px``, ``log_px_se``, ``L_qstar``, ``L_q``,
         ``approximation``, ``amortization``, ``inference``, ``local_iterations``), ``summary``
         (``{name: {"mean": ..., "se": ...}}`` over the datapoints: the standard error of the
-        mean across datapoints), ``seconds`` (per stage) and ``seconds_per_point``.
+        mean across datapoints), ``seconds`` (per stage), ``seconds_per_point`` and
+        ``ais_acceptance`` (the mean HMC acceptance probability).
     """
     settings.validate()
     model.eval()
@@ -416,7 +425,6 @@ def inference_gap(model: VAE, x: Tensor, settings: GapSettings = GapSettings()) 
         if name != "log_px_se":
             mean, se = mean_and_se(values.cpu())
             summary[name] = {"mean": mean, "se": se}
-    summary["ais_acceptance"] = {"mean": float(result.acceptance.mean()), "se": math.nan}
     out = {name: values.tolist() for name, values in per_point.items()}
     out["local_iterations"] = torch.cat(iters).tolist()
     total = sum(seconds.values())
@@ -425,6 +433,7 @@ def inference_gap(model: VAE, x: Tensor, settings: GapSettings = GapSettings()) 
         "summary": summary,
         "seconds": seconds,
         "seconds_per_point": total / n,
+        "ais_acceptance": float(result.acceptance.mean()),
         "n": n,
         "settings": asdict(settings),
         "units": "nats per datapoint; se = standard error of the mean over datapoints",
