@@ -122,17 +122,26 @@ def run_one(s: argparse.Namespace, model_name: str, d: int, seed: int, clf) -> d
             )
     seconds = time.perf_counter() - start
     splits = _splits(config)
-    test = splits.test.float()
+    test, train = splits.test.float(), splits.train.float()
     record = {"model": model_name, "latent": d, "seed": seed, "epochs_max": s.epochs}
     if model_name == "nlpca":
         model, _ = load_nlpca(directory)
-        out = model.decoder(model.encode(test))
-        record |= reconstruction_metrics(out.log_prob(test), test, out.base_dist.probs)
+
+        def reconstruct(x):
+            out = model.decoder(model.encode(x))
+            return out.log_prob(x), out.base_dist.probs
+
     else:
         model, _ = load_vae(directory)
         model.eval()
-        log_lik, probs = vae_reconstruction(model, test)
-        record |= reconstruction_metrics(log_lik, test, probs)
+
+        def reconstruct(x):
+            return vae_reconstruction(model, x)
+
+    log_lik, probs = reconstruct(test)
+    record |= reconstruction_metrics(log_lik, test, probs)
+    record["train_reconstruction"] = float(-reconstruct(train)[0].double().mean())
+    if model_name != "nlpca":
         torch.manual_seed(0)
         record["test_neg_elbo"] = mean_and_se(-mean_elbo(model, test))[0]
         record["test_nll"] = mean_and_se(
@@ -185,9 +194,9 @@ def markdown(records: list[dict], accuracy: float, real: dict) -> str:
         f"confident {real['confident']:.2f}, score {real['score']:.2f}, "
         f"classes {real['classes']:.2f}.",
         "",
-        "| d | model | recon (nats) | pixel err | test -ELBO | test -ln p(x) | confident | "
-        "score | classes | seeds |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| d | model | train recon | test recon | pixel err | test -ELBO | test -ln p(x) | "
+        "confident | score | classes | best epoch | seeds |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for d in sorted({r["latent"] for r in records}):
         for name in (*MODELS, "pca"):
@@ -195,6 +204,7 @@ def markdown(records: list[dict], accuracy: float, real: dict) -> str:
             if not group:
                 continue
             cells = [
+                fmt(median(group, "train_reconstruction"), ".2f"),
                 fmt(median(group, "test_reconstruction"), ".2f"),
                 fmt(median(group, "test_pixel_error"), ".3f"),
                 fmt(median(group, "test_neg_elbo"), ".2f"),
@@ -202,6 +212,7 @@ def markdown(records: list[dict], accuracy: float, real: dict) -> str:
                 fmt(median(group, "sample_confident"), ".2f"),
                 fmt(median(group, "sample_score"), ".2f"),
                 fmt(median(group, "sample_classes"), ".2f"),
+                fmt(median(group, "best_epoch"), ".0f"),
             ]
             lines.append(f"| {d} | {name} | " + " | ".join(cells) + f" | {len(group)} |")
     return "\n".join(lines)
