@@ -38,8 +38,14 @@ def make_prior(
     name: str, d: int, *, length: int = 1, hidden: Sequence[int] = (64, 64)
 ) -> NormalizingFlow | None:
     r"""The prior :math:`p(z)` over ``d`` latents: ``None`` for ``normal`` (the VAE then uses
-    :math:`\mathcal N(0, I)` and its analytic KL), else :func:`flowvi.flows.build` of ``length``
-    layers of family ``name`` over a fixed standard-normal base.
+    :math:`\mathcal N(0, I)`, with the analytic KL for a diagonal posterior), else
+    :func:`flowvi.flows.build` of ``length`` layers of family ``name`` over a fixed
+    standard-normal base.
+
+    Training evaluates :math:`\ln p(z)` at every posterior sample, so prefer families whose
+    density direction is cheap: ``maf``, ``nsf-ar`` and the coupling flows (one pass).
+    ``iaf`` (``d`` passes) and ``planar``, ``radial`` or ``residual`` (a numerical inverse per
+    layer) work but are slow.
 
     The flow is unconditional (it does not see ``x``); call it as ``prior()`` for a
     :class:`flowvi.flows.FlowDistribution` with event shape ``(d,)`` whose ``log_prob(z)``
