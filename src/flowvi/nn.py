@@ -50,9 +50,15 @@ DEGREES = ("cyclic", "random")
 
 
 def hidden_degrees(
-    d: int, sizes: Sequence[int], kind: str = "cyclic", generator: torch.Generator | None = None
+    d: int,
+    sizes: Sequence[int],
+    kind: str = "cyclic",
+    generator: torch.Generator | None = None,
+    *,
+    lowest: int = 1,
 ) -> list[Tensor]:
-    r"""MADE degrees :math:`m^l(k) \in \{1, \dots, d-1\}` of the hidden units, one tensor per layer.
+    r"""MADE degrees :math:`m^l(k) \in \{\text{lowest}, \dots, d-1\}` of the hidden units, one
+    tensor per layer.
 
     A hidden unit of degree ``m`` may see the inputs of rank ``<= m`` in the order; an output of
     rank ``r`` may see the hidden units of degree ``< r``. Units of degree ``d`` would reach no
@@ -72,6 +78,8 @@ def hidden_degrees(
         sizes: hidden layer sizes.
         kind: ``"cyclic"`` or ``"random"``.
         generator: the random source of ``"random"`` (default: torch's global generator).
+        lowest: the lowest degree: 1, or 0 for a conditional MADE, whose degree-0 units see
+            the context alone and so reach every output, the first included.
 
     Raises:
         ValueError: for an unknown ``kind``.
@@ -79,10 +87,10 @@ def hidden_degrees(
     if kind not in DEGREES:
         raise ValueError(f"unknown MADE degrees {kind!r}; valid: {', '.join(DEGREES)}")
     top = max(d - 1, 1)
-    degrees, low = [], 1
+    degrees, low = [], lowest
     for size in sizes:
         if kind == "cyclic":
-            degree = torch.arange(size) % top + 1
+            degree = torch.arange(size) % (top + 1 - lowest) + lowest
         else:
             degree = torch.randint(low, top + 1, (size,), generator=generator)
             span = top + 1 - low
@@ -99,10 +107,12 @@ class MADE(nn.Module):
     Maps ``x: (*batch, d)`` (and an optional ``context: (*batch, c)``, seen by every hidden
     unit of the first layer) to parameters ``(*batch, d, k)`` such that output ``i`` depends
     only on the inputs that come before ``i`` in ``order``: the Jacobian of the parameters in
-    ``x`` is strictly triangular in that order. Input ``j`` gets degree ``rank(j) + 1``; the
-    masks follow Germain et al. (2015, Section 4, deep MADE): hidden unit of degree ``m`` sees
-    inputs and units of degree ``<= m``, output ``i`` sees units of degree ``< rank(i) + 1``. The
-    masks and the order are buffers, saved with the weights.
+    ``x`` is strictly triangular in that order. With a context, hidden degrees start at 0: those
+    units see the context alone, so every output, the first included, depends on the context
+    (with degrees from 1 the first output would be a constant). Input ``j`` gets degree
+    ``rank(j) + 1``; the masks follow Germain et al. (2015, Section 4, deep MADE): hidden unit
+    of degree ``m`` sees inputs and units of degree ``<= m``, output ``i`` sees units of degree
+    ``< rank(i) + 1``. The masks and the order are buffers, saved with the weights.
 
     Args:
         d: dimension.
@@ -137,7 +147,11 @@ class MADE(nn.Module):
         degree_in[order_t] = torch.arange(1, d + 1)  # rank of each input in the order, from 1
         self.register_buffer("order", order_t)
         c = context_dim or 0
-        layer_degrees = [degree_in, *hidden_degrees(d, hidden, degrees, generator)]
+        lowest = 0 if context_dim else 1
+        layer_degrees = [
+            degree_in,
+            *hidden_degrees(d, hidden, degrees, generator, lowest=lowest),
+        ]
         masks = [
             after[:, None] >= before[None, :] for before, after in itertools.pairwise(layer_degrees)
         ]
