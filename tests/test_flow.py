@@ -129,3 +129,14 @@ def test_build_refuses_unknown_names_and_empty_flows():
         flowvi.flows.build("planar", 2, length=0)
     flow = flowvi.flows.build("planar", 2, length=3)
     assert len(flow.layers) == 3 and all(isinstance(layer, Planar) for layer in flow.layers)
+
+
+@pytest.mark.parametrize("name", ["maf", "realnvp", "planar", "residual"])
+def test_log_prob_of_an_empty_batch_is_empty(name):
+    from flowvi.flows import build
+
+    flow = build(name, 3, length=2, hidden=(8,))
+    assert flow.log_prob(torch.zeros(0, 3)).shape == (0,)
+    assert flow.log_prob(torch.zeros(2, 0, 3)).shape == (2, 0)
+    with pytest.raises(ValueError):
+        flow.log_prob(torch.zeros(0, 4))

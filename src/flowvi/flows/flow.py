@@ -58,6 +58,8 @@ class FlowDistribution(TransformedDistribution):
             ValueError: if ``value`` holds NaN or inf, or its last dimension is not ``d``
                 (with argument validation on, torch's default).
         """
+        if value.numel() == 0 and value.shape[-1:] == self.event_shape:
+            return value.new_zeros(value.shape[:-1])  # torch's Independent cannot sum nothing
         if self._validate_args:
             self._validate_sample(value)
             if not bool(torch.isfinite(value).all()):
