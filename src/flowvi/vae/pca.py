@@ -38,9 +38,9 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from flowvi._checks import check_dim
-from flowvi.io import CONFIG, atomic_write, read_json, write_json, write_tensors
+from flowvi.io import CONFIG, atomic_write, read_json, run_directory, write_json, write_tensors
 from flowvi.run import DTYPES, resolve_device
-from flowvi.train import CHECKPOINT, EarlyStopping, NonFiniteLossError, train
+from flowvi.train import EarlyStopping, NonFiniteLossError, train
 from flowvi.vae.evaluate import mean_and_se
 from flowvi.vae.networks import BernoulliDecoder, Encoder
 
@@ -140,14 +140,7 @@ def run_nlpca(
     from flowvi.vae.run import _provenance, _splits
 
     config.validate()
-    directory = Path(directory)
-    if (directory / CONFIG).exists() and not resume:
-        raise ValueError(
-            f"{directory} already holds a run; continue it with --resume {directory} "
-            "or choose another --out"
-        )
-    if resume and not (directory / CHECKPOINT).exists():
-        raise ValueError(f"cannot resume {directory}: it has no {CHECKPOINT}")
+    directory = run_directory(directory, resume=resume)
     splits = _splits(config)
     device, dtype = resolve_device(config.device), DTYPES[config.dtype]
     torch.manual_seed(config.seed)
