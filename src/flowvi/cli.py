@@ -365,7 +365,6 @@ def _vae_parser(commands) -> None:
     evaluate.add_argument("--chunk", type=int, default=None, help="samples drawn at a time")
     evaluate.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     evaluate.add_argument("--seed", type=int, default=0, help="random seed")
-    _vae_gap_parser(actions)
     evaluate.add_argument(
         "--compare",
         type=Path,
@@ -374,6 +373,7 @@ def _vae_parser(commands) -> None:
         metavar="DIR",
         help="other 2-D latent runs (same data) drawn beside this one in posterior2d.png",
     )
+    _vae_gap_parser(actions)
 
 
 def _vae_gap_parser(actions) -> None:
@@ -430,8 +430,8 @@ def _vae(args: argparse.Namespace) -> int:
             chunk=args.chunk,
             device=args.device,
             seed=args.seed,
-        )
             compare=tuple(args.compare),
+        )
         if m.get("model") == "nlpca":
             print(
                 f"test reconstruction {m['test_reconstruction']:.3f} ± "
