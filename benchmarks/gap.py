@@ -44,9 +44,9 @@ from flowvi.vae.run import DTYPES, _splits, load_vae
 RESULTS = Path("benchmarks/results")
 
 
-def ais_check(model, x, settings: GapSettings) -> dict:
+def ais_check(model, x, settings: GapSettings, chains: int) -> dict:
     """ln p(x) with ``steps`` and ``2 * steps``: the mean change and its standard error."""
-    options = {"chains": settings.chains, "leapfrog": settings.leapfrog, "kind": settings.kind}
+    options = {"chains": chains, "leapfrog": settings.leapfrog, "kind": settings.kind}
     start = time.perf_counter()
     base = ais_log_likelihood(model, x, steps=settings.steps, **options).log_Z
     seconds = time.perf_counter() - start
@@ -54,6 +54,7 @@ def ais_check(model, x, settings: GapSettings) -> dict:
     change, change_se = mean_and_se(doubled - base)
     return {
         "check_points": len(x),
+        "check_chains": chains,
         "log_px_T": float(base.mean()),
         "log_px_2T": float(doubled.mean()),
         "change": change,
@@ -68,10 +69,11 @@ def run_one(directory: Path, args: argparse.Namespace, settings: GapSettings) ->
     model.eval()
     x = _splits(config).test[: args.n].to(dtype=DTYPES[config.dtype])
     torch.manual_seed(args.seed)
-    check = ais_check(model, x[: args.check_points], settings)
-    print(
-        f"{directory.name}: AIS T -> 2T changes ln p(x) by {check['change']:+.3f} nats", flush=True
-    )
+    check = ais_check(model, x[: args.check_points], settings, args.check_chains or args.chains)
+    change = f"{check['change']:+.3f} ± {check['change_se']:.3f}"
+    print(f"{directory.name}: AIS T -> 2T changes ln p(x) by {change} nats", flush=True)
+    if args.only_check:
+        return {"run": str(directory), "settings": asdict(settings), "n": -1, "ais_check": check}
     torch.manual_seed(args.seed)
     sim = bdmc(model, args.bdmc_points, chains=settings.chains, steps=settings.steps,
                leapfrog=settings.leapfrog, kind=settings.kind)  # fmt: skip
@@ -136,7 +138,9 @@ def main() -> None:
     parser.add_argument("--local-lr", type=float, default=1e-2)
     parser.add_argument("--elbo-samples", type=int, default=1000)
     parser.add_argument("--check-points", type=int, default=20)
+    parser.add_argument("--check-chains", type=int, default=None, help="default: --chains")
     parser.add_argument("--bdmc-points", type=int, default=10)
+    parser.add_argument("--only-check", action="store_true", help="the AIS check alone")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS / "gap.json")
     parser.add_argument("--markdown", action="store_true")
@@ -154,6 +158,8 @@ def main() -> None:
         records = [r for r in records if (r["run"], r["settings"], r["n"]) != key] + [record]
         save_records(args.out, records)
         new.append(record)
+    if args.only_check:
+        return
     print(gap_table(new))
     if args.markdown:
         print(markdown(new))

@@ -241,6 +241,7 @@ def fit_local(
     check_every: int = 100,
     check_samples: int = 100,
     tol: float = 0.01,
+    patience: int = 1,
 ) -> LocalFit:
     r"""The per-datapoint optimum :math:`q^*` of the posterior family, decoder and encoder
     frozen (Cremer et al. 2018), every datapoint optimized at once (vectorized).
@@ -251,13 +252,16 @@ def fit_local(
     is flowvi's): every ``check_every`` steps each datapoint's ELBO is measured on the *same*
     ``check_samples`` standard-normal draws (common random numbers, so successive checks differ
     by the change of the parameters, not by noise); a datapoint whose check value rose by less
-    than ``tol`` nats since its previous check stops and keeps its best-checked parameters; all
+    than ``tol`` nats since its previous check, ``patience`` checks in a row, stops and keeps
+    its best-checked parameters; all
     stop at ``max_iters``. Because the start is a checked candidate, the returned parameters'
     check value is never below the amortized one's.
 
     Args:
         model: the trained VAE. x: ``(n, D)``. max_iters: step limit. lr: Adam's rate.
-        samples: draws per step. check_every, check_samples, tol: the stopping rule.
+        samples: draws per step. check_every, check_samples, tol, patience: the stopping
+            rule (with ``patience = 1`` and ``lr = 0.05`` a diagonal q* on the linear-Gaussian
+            model stops 0–0.1 nats short of the exact optimum; ``patience = 3``, closer).
 
     Returns:
         a :class:`LocalFit`.
@@ -270,6 +274,7 @@ def fit_local(
         (samples, "samples"),
         (check_every, "check_every"),
         (check_samples, "check_samples"),
+        (patience, "patience"),
     ):
         check_dim(value, name)
     if not lr > 0 or not tol > 0:
@@ -278,13 +283,17 @@ def fit_local(
     for p in frozen:
         p.requires_grad_(requires_grad=False)
     try:
-        return _fit_local(model, x, max_iters, lr, samples, check_every, check_samples, tol)
+        return _fit_local(
+            model, x, max_iters, lr, samples, check_every, check_samples, tol, patience
+        )
     finally:
         for p in frozen:
             p.requires_grad_(requires_grad=True)
 
 
-def _fit_local(model, x, max_iters, lr, samples, check_every, check_samples, tol) -> LocalFit:
+def _fit_local(
+    model, x, max_iters, lr, samples, check_every, check_samples, tol, patience
+) -> LocalFit:
     local = LocalPosterior(model, x)
     params = list(local.parameters())
     n = len(x)
@@ -298,6 +307,7 @@ def _fit_local(model, x, max_iters, lr, samples, check_every, check_samples, tol
     best_params = [p.detach().clone() for p in params]
     active = torch.ones(n, dtype=torch.bool, device=x.device)
     iterations = torch.zeros(n, dtype=torch.long, device=x.device)
+    stalled = torch.zeros(n, dtype=torch.long, device=x.device)
     prior = model.prior()
     optimizer = torch.optim.Adam(params, lr=lr)
     for t in range(1, max_iters + 1):
@@ -316,7 +326,8 @@ def _fit_local(model, x, max_iters, lr, samples, check_every, check_samples, tol
                 mask = improved.view(n, *([1] * (p.dim() - 1)))
                 b.copy_(torch.where(mask, p, b))
         best = torch.where(improved, value, best)
-        active = active & (value - last >= tol)
+        stalled = torch.where(value - last >= tol, 0, stalled + 1)
+        active = active & (stalled < patience)
         last = value
         with torch.no_grad():  # stopped datapoints go back to their best parameters
             for p, b in zip(params, best_params, strict=True):
