@@ -312,7 +312,8 @@ def _vae_parser(commands) -> None:
             "Train a VAE with a Bernoulli MLP decoder and an amortized posterior: a Gaussian "
             "from the encoder, pushed through K flow layers whose parameters the encoder emits "
             "per image (Rezende & Mohamed 2015, Section 4). Validation -ELBO every epoch, early "
-            "stopping, checkpoints, --resume."
+            "stopping, checkpoints, --resume. Data-parallel: torchrun --nproc_per_node=N -m "
+            "flowvi vae train ... (each rank a shard of every --batch-size batch; rank 0 writes)."
         ),
     )
     defaults = VAEConfig()
