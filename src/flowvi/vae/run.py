@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import io as _io
 import math
-import platform
 import time
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -15,12 +14,19 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
-import flowvi
 from flowvi._checks import check_choice, check_dim
-from flowvi.io import CONFIG, atomic_write, read_json, write_json, write_tensors
+from flowvi.io import (
+    CONFIG,
+    atomic_write,
+    read_json,
+    run_directory,
+    versions,
+    write_json,
+    write_tensors,
+)
 from flowvi.objectives import beta_schedule
 from flowvi.run import DTYPES, resolve_device
-from flowvi.train import CHECKPOINT, EarlyStopping, NonFiniteLossError, make_optimizer, train
+from flowvi.train import EarlyStopping, NonFiniteLossError, make_optimizer, train
 from flowvi.vae.data import BINARIZATIONS, DATASETS, BinarySplits, load_binary
 from flowvi.vae.distributed import DataParallel, world_size
 from flowvi.vae.evaluate import log_likelihood, mean_and_se, mean_elbo
@@ -185,14 +191,7 @@ def run_vae(
 
         return run_nlpca(config, directory, resume=resume, progress=progress)
     config.validate()
-    directory = Path(directory)
-    if (directory / CONFIG).exists() and not resume:
-        raise ValueError(
-            f"{directory} already holds a run; continue it with --resume {directory} "
-            "or choose another --out"
-        )
-    if resume and not (directory / CHECKPOINT).exists():
-        raise ValueError(f"cannot resume {directory}: it has no {CHECKPOINT}")
+    directory = run_directory(directory, resume=resume)
     device, dtype = resolve_device(config.device), DTYPES[config.dtype]
     ddp = DataParallel.start(device) if world_size() > 1 else None
     if ddp is not None:
@@ -436,11 +435,7 @@ def _provenance(splits: BinarySplits, device: torch.device) -> dict[str, Any]:
         "image_shape": list(splits.image_shape),
         "n": {"train": len(splits.train), "valid": len(splits.valid), "test": len(splits.test)},
         "resolved_device": str(device),
-        "versions": {
-            "flowvi": flowvi.__version__,
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-        },
+        "versions": versions(),
     }
 
 
