@@ -43,8 +43,9 @@ scored). flowvi is trained by ``flowvi.density.fit_density`` (its one training l
 its default cosine learning-rate decay, and a NaN guard with one host sync per step;
 ``flowvi-compile``: the same with ``compile=True``); the peers, which ship no training loop,
 by the plain loop ``batch -> loss = -log_prob(batch).mean() -> backward -> step`` with the
-same fused Adam (``torch.optim.Adam(fused=True)``). The data are standardized with the training set's mean and
-standard deviation; NLL is reported in data units, -mean ln p(x) = -mean ln q(y) + Σ ln σ.
+same fused Adam (``torch.optim.Adam(fused=True)``). The data are standardized with the
+training set's mean and standard deviation; NLL is reported in data units,
+-mean ln p(x) = -mean ln q(y) + Σ ln σ.
 
 Timings, one thread each (``torch.set_num_threads(1)``), after an untimed warm-up (20 steps of
 each library × data set × flow before its first timed run): ms/step = training loop wall time
