@@ -225,3 +225,17 @@ def test_fit_refuses_an_unknown_mask(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(argv)
     assert "--mask" in capsys.readouterr().err
+
+
+def test_threads_option_sets_torch_threads_and_refuses_negative(tmp_path, capsys):
+    before = torch.get_num_threads()
+    try:
+        out = tmp_path / "run"
+        argv = ["fit", "--target", "gaussian", "--flow", "affine", "--length", "1", "--iters", "3"]
+        argv += ["--samples", "100", "--quiet", "--out", str(out), "--threads", "2"]
+        assert main(argv) == 0
+        assert torch.get_num_threads() == 2
+        assert main(["density", "--threads", "-1", "--out", str(tmp_path / "d")]) == 2
+        assert "--threads" in capsys.readouterr().err
+    finally:
+        torch.set_num_threads(before)

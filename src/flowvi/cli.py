@@ -102,12 +102,33 @@ def _parser() -> argparse.ArgumentParser:
         help="continue the run in DIR from its last checkpoint (--iters may extend it)",
     )
     fit.add_argument("--quiet", action="store_true", help="no progress bars")
+    _threads_option(fit)
     _density_parser(commands)
     _estimators_parser(commands)
     _cavi_parser(commands)
     _vae_parser(commands)
     _show_parser(commands)
     return parser
+
+
+def _threads_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="CPU threads for torch (default: 1, the fastest for small flows, whose steps are "
+        "many small operations; 0: torch's own default; results do not depend on it)",
+    )
+
+
+def _set_threads(args: argparse.Namespace) -> None:
+    threads = getattr(args, "threads", 0)
+    if threads < 0:
+        raise ValueError(f"--threads must be >= 0, got {threads}")
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 def _options(parser: argparse.ArgumentParser, defaults: object):
@@ -190,6 +211,7 @@ def _density_parser(commands) -> None:
         help="continue the run in DIR from its last checkpoint (--iters may extend it)",
     )
     density.add_argument("--quiet", action="store_true", help="no progress bars")
+    _threads_option(density)
 
 
 def _estimators_parser(commands) -> None:
@@ -591,6 +613,7 @@ def _line(metrics: dict) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        _set_threads(args)
         if args.command == "estimators":
             return _estimators(args)
         if args.command == "vae":
