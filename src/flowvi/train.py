@@ -224,9 +224,21 @@ def train(
     return trace
 
 
+_SMALL = 1 << 16  # gradients up to this many entries are checked as one concatenated vector
+
+
 def _grad_norm(params: list[nn.Parameter]) -> Tensor:
-    """The largest absolute gradient entry (inf-norm; NaN if any entry is NaN), no clipping."""
+    """The largest absolute gradient entry (inf-norm; NaN if any entry is NaN), no clipping.
+
+    For small models (the flows of density estimation and VI, whose steps are bound by the
+    number of operations) one ``cat`` and one reduction: about a third of the time of the
+    per-tensor norms, which are kept for larger models, where the copy would cost more.
+    """
     grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    if sum(g.numel() for g in grads) <= _SMALL and len({g.dtype for g in grads}) == 1:
+        return torch.cat([g.reshape(-1) for g in grads]).abs().max()
     if hasattr(nn.utils, "get_total_norm"):  # torch >= 2.6: the norm alone
         return nn.utils.get_total_norm(grads, math.inf)
     return nn.utils.clip_grad_norm_(params, math.inf)  # multiplies every gradient by 1
