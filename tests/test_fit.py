@@ -168,3 +168,17 @@ def test_learning_rate_schedules_set_each_steps_size(schedule, total):
     assert -model.weight.item() == pytest.approx(total * 1e-2, rel=1e-6)
     with pytest.raises(ValueError, match="schedule"):
         train(model, loss_fn, iters=1, schedule="linear", progress=False)
+
+
+def test_a_nan_in_epoch_training_names_the_epoch_and_batch(tmp_path):
+    from flowvi.train import train
+
+    model = torch.nn.Linear(1, 1)
+
+    def loss_fn(t):
+        loss = model.weight.sum() * (math.nan if t == 7 else 1.0)
+        return loss, {"loss": loss}
+
+    with pytest.raises(NonFiniteLossError, match=r"epoch 2, batch 1 \(iteration 7\)"):
+        train(model, loss_fn, iters=9, iters_per_epoch=3, progress=False, directory=tmp_path)
+    assert (tmp_path / CHECKPOINT).exists()  # the last good state is kept

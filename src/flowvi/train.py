@@ -141,6 +141,7 @@ def train(
     label: str = "loss",
     early_stopping: EarlyStopping | None = None,
     save: bool = True,
+    iters_per_epoch: int | None = None,
 ) -> Tensor:
     """Minimize ``loss_fn(t)`` over ``model``'s parameters for iterations ``t = 0 … iters - 1``.
 
@@ -160,6 +161,9 @@ def train(
     With ``early_stopping`` (see :class:`EarlyStopping`), a validation loss is evaluated every
     ``early_stopping.every`` iterations; training may stop before ``iters``, and the model ends
     with the parameters of the best validation loss.
+
+    With ``iters_per_epoch``, a failure also names the epoch and the batch within it (both from
+    0), as training on a data set in epochs reports it.
 
     With ``save=False`` no checkpoint is written (one is still read to ``resume``): the ranks
     after the first of a data-parallel run, which hold the same parameters as rank 0.
@@ -203,7 +207,7 @@ def train(
         grad_norm = _grad_norm(params)
         if not torch.isfinite(loss.detach() + grad_norm):  # the one host sync per step
             checkpoint(t)
-            raise NonFiniteLossError(_explain(t, loss, grad_norm, parts, path))
+            raise NonFiniteLossError(_explain(t, loss, grad_norm, parts, path, iters_per_epoch))
         if schedule == "cosine":
             for group in opt.param_groups:
                 group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * t / iters))
@@ -244,11 +248,20 @@ def _grad_norm(params: list[nn.Parameter]) -> Tensor:
     return nn.utils.clip_grad_norm_(params, math.inf)  # multiplies every gradient by 1
 
 
-def _explain(t: int, loss: Tensor, grad_norm: Tensor, parts: Mapping[str, Tensor], path) -> str:
+def _explain(
+    t: int,
+    loss: Tensor,
+    grad_norm: Tensor,
+    parts: Mapping[str, Tensor],
+    path,
+    iters_per_epoch: int | None = None,
+) -> str:
     what = "loss" if not torch.isfinite(loss) else "gradient"
-    lines = [
-        f"non-finite {what} at iteration {t} (loss {loss.item()}, grad norm {grad_norm.item()})"
-    ]
+    where = f"iteration {t}"
+    if iters_per_epoch:
+        epoch, batch = divmod(t, iters_per_epoch)
+        where = f"epoch {epoch}, batch {batch} (iteration {t})"
+    lines = [f"non-finite {what} at {where} (loss {loss.item()}, grad norm {grad_norm.item()})"]
     for name, value in parts.items():
         bad = int((~torch.isfinite(value.detach())).sum())
         if bad:

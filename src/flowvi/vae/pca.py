@@ -40,7 +40,7 @@ from torch import Tensor, nn
 from flowvi._checks import check_dim
 from flowvi.io import CONFIG, atomic_write, read_json, run_directory, write_json, write_tensors
 from flowvi.run import DTYPES, resolve_device
-from flowvi.train import EarlyStopping, NonFiniteLossError, train
+from flowvi.train import EarlyStopping, train
 from flowvi.vae.evaluate import mean_and_se
 from flowvi.vae.networks import BernoulliDecoder, Encoder
 
@@ -171,25 +171,21 @@ def run_nlpca(
         lambda: -model.log_lik(valid_x).mean(), every=per_epoch, patience=config.patience
     )
     start = time.perf_counter()
-    try:
-        trace = train(
-            model,
-            loss_fn,
-            iters=config.epochs * per_epoch,
-            lr=config.lr,
-            optimizer=config.optimizer,
-            directory=directory,
-            resume=resume,
-            checkpoint_every=config.checkpoint_every * per_epoch,
-            progress=progress,
-            desc="nlpca",
-            label="recon",
-            early_stopping=stopper,
-        )
-    except NonFiniteLossError as error:
-        t = int(str(error).split("iteration ")[1].split()[0]) if "iteration " in str(error) else -1
-        epoch, batch = divmod(t, per_epoch)
-        raise NonFiniteLossError(f"epoch {epoch}, batch {batch}: {error}") from error
+    trace = train(
+        model,
+        loss_fn,
+        iters=config.epochs * per_epoch,
+        lr=config.lr,
+        optimizer=config.optimizer,
+        directory=directory,
+        resume=resume,
+        checkpoint_every=config.checkpoint_every * per_epoch,
+        progress=progress,
+        desc="nlpca",
+        label="recon",
+        early_stopping=stopper,
+        iters_per_epoch=per_epoch,
+    )
     seconds = time.perf_counter() - start
     model.eval()
     model.fit_codes(train_x)

@@ -26,7 +26,7 @@ from flowvi.io import (
 )
 from flowvi.objectives import beta_schedule
 from flowvi.run import DTYPES, resolve_device
-from flowvi.train import EarlyStopping, NonFiniteLossError, make_optimizer, train
+from flowvi.train import EarlyStopping, make_optimizer, train
 from flowvi.vae.data import BINARIZATIONS, DATASETS, BinarySplits, load_binary
 from flowvi.vae.distributed import DataParallel, world_size
 from flowvi.vae.evaluate import log_likelihood, mean_and_se, mean_elbo
@@ -249,26 +249,22 @@ def run_vae(
 
     stopper = EarlyStopping(valid_loss, every=per_epoch, patience=config.patience)
     start = time.perf_counter()
-    try:
-        trace = train(
-            model,
-            loss_fn,
-            iters=config.epochs * per_epoch,
-            lr=config.lr,
-            optimizer=config.optimizer,
-            directory=directory,
-            resume=resume,
-            checkpoint_every=config.checkpoint_every * per_epoch,
-            progress=progress,
-            desc=f"vae {config.posterior}",
-            label="-bound",
-            early_stopping=stopper,
-            save=writes,
-        )
-    except NonFiniteLossError as error:
-        t = int(str(error).split("iteration ")[1].split()[0]) if "iteration " in str(error) else -1
-        epoch, batch = divmod(t, per_epoch)
-        raise NonFiniteLossError(f"epoch {epoch}, batch {batch}: {error}") from error
+    trace = train(
+        model,
+        loss_fn,
+        iters=config.epochs * per_epoch,
+        lr=config.lr,
+        optimizer=config.optimizer,
+        directory=directory,
+        resume=resume,
+        checkpoint_every=config.checkpoint_every * per_epoch,
+        progress=progress,
+        desc=f"vae {config.posterior}",
+        label="-bound",
+        early_stopping=stopper,
+        iters_per_epoch=per_epoch,
+        save=writes,
+    )
     seconds = time.perf_counter() - start
     if ddp is not None:
         ddp.close()
