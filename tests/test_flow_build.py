@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 import flowvi
@@ -31,7 +32,33 @@ def test_stacked_build_equals_per_layer_build():
     assert all(g.abs().sum() > 0 for g in grads)
 
 
-def test_amortized_layers_are_not_stacked_but_still_work():
+def test_amortized_stack_equals_per_layer_build():
+    """Amortized runs share one head product; each layer's transform is unchanged."""
+    torch.manual_seed(0)
+    layers = [Planar(3, context_dim=4) for _ in range(3)] + [Radial(3, context_dim=4)]
+    layers += [Radial(3, context_dim=4), Planar(3, context_dim=5)]
+    flow = flowvi.NormalizingFlow(StandardNormal(3), layers).double()
+    with torch.no_grad():
+        for p in flow.parameters():
+            p.normal_(0, 0.7)
+    context = torch.randn(6, 4, dtype=torch.float64)
+    wide = torch.randn(6, 5, dtype=torch.float64)
+    transforms = flowvi.flows.flow.build_transforms(layers[:5], context)
+    separate = [layer(context) for layer in layers[:5]]
+    z = torch.randn(2, 6, 3, dtype=torch.float64)
+    for a, b in zip(transforms, separate, strict=True):
+        ya, la = a.call_and_ladj(z)
+        yb, lb = b.call_and_ladj(z)
+        torch.testing.assert_close(ya, yb, rtol=0, atol=1e-12)
+        torch.testing.assert_close(la, lb, rtol=0, atol=1e-12)
+    y, ladj = flowvi.flows.flow.ComposeTransform(transforms).call_and_ladj(z)
+    (ladj.sum() + y.square().sum()).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in flow.layers[:5].parameters())
+    with pytest.raises(ValueError, match="context of shape"):
+        flowvi.flows.flow.build_transforms(layers[:3], wide)
+
+
+def test_amortized_flow_samples_and_scores():
     torch.manual_seed(0)
     flow = flowvi.NormalizingFlow(
         StandardNormal(2), [Planar(2, context_dim=4), Planar(2, context_dim=4)]

@@ -71,10 +71,11 @@ class FlowDistribution(TransformedDistribution):
 def build_transforms(layers: Sequence[nn.Module], context: Tensor | None = None) -> list[Transform]:
     """The transforms of ``layers``, equal to ``[layer(context) for layer in layers]``.
 
-    Runs of consecutive unconditional :class:`Layer` s of one class are built as one stacked
-    transform and unbound (see :meth:`Transform.unbind`): the per-layer parameter work (the
-    invertibility constraints) becomes a few vectorized operations instead of a few per layer,
-    which roughly halves the autograd graph of a long planar flow.
+    Runs of consecutive :class:`Layer` s of one class and shapes (free, or amortized on the same
+    context) are built as one stacked transform and unbound (see :meth:`Transform.unbind`): the
+    per-layer parameter work (the amortized heads, the invertibility constraints) becomes a few
+    vectorized operations instead of a few per layer, which roughly halves the autograd graph of
+    a long planar flow.
     """
     out: list[Transform] = []
     for _, run in itertools.groupby(layers, key=_stack_key):
@@ -82,19 +83,16 @@ def build_transforms(layers: Sequence[nn.Module], context: Tensor | None = None)
         if len(run) == 1 or _stack_key(run[0]) is None:
             out.extend(layer(context) for layer in run)
             continue
-        raw = {name: torch.stack([layer.params[name] for layer in run]) for name in run[0].shapes}
-        out.extend(run[0].transform(**raw).unbind())
+        out.extend(run[0].transform(**Layer.stacked_raw(run, context)).unbind())
     return out
 
 
 def _stack_key(layer: nn.Module) -> object:
     """Layers with equal keys can be stacked; ``None`` for those that cannot."""
-    stackable = (
-        isinstance(layer, Layer)
-        and layer.context_dim is None
-        and type(layer).forward is Layer.forward
-    )
-    return (type(layer), tuple(layer.shapes.items())) if stackable else None
+    stackable = isinstance(layer, Layer) and type(layer).forward is Layer.forward
+    if not stackable:
+        return None
+    return (type(layer), layer.context_dim, tuple(layer.shapes.items()))
 
 
 class _Fixed(nn.Module):

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from flowvi.transforms.base import Transform
@@ -48,19 +50,44 @@ class Layer(nn.Module):
         """The raw parameters, shapes ``shape`` (free) or ``(*batch, *shape)`` (amortized)."""
         if self.context_dim is None:
             return dict(self.params)
+        self._check_context(context)
+        return self._split(self.head(context))
+
+    @staticmethod
+    def stacked_raw(layers: Sequence[Layer], context: Tensor | None = None) -> dict[str, Tensor]:
+        """The raw parameters of layers of one class and shapes, stacked on a new leading axis:
+        shapes ``(K, *shape)`` (free) or ``(K, *batch, *shape)`` (amortized, all heads in one
+        matrix product, which is cheaper than ``K`` small ones forward and backward).
+        Equal to stacking each layer's :meth:`raw`."""
+        first = layers[0]
+        if first.context_dim is None:
+            return {
+                name: torch.stack([layer.params[name] for layer in layers]) for name in first.shapes
+            }
+        first._check_context(context)
+        weight = torch.cat([layer.head.weight for layer in layers])
+        bias = torch.cat([layer.head.bias for layer in layers])
+        out = F.linear(context, weight, bias)  # (*batch, K * P)
+        out = out.unflatten(-1, (len(layers), -1)).movedim(-2, 0)
+        return first._split(out)
+
+    def _check_context(self, context: Tensor | None) -> None:
         if context is None or context.shape[-1] != self.context_dim:
             got = None if context is None else tuple(context.shape)
             raise ValueError(
                 f"{type(self).__name__} is amortized: it needs a context of shape "
                 f"(*batch, {self.context_dim}), got {got}"
             )
-        out = self.head(context)
+
+    def _split(self, out: Tensor) -> dict[str, Tensor]:
+        """Named raw parameters ``(*lead, *shape)`` from their concatenation ``(*lead, P)``."""
         sizes = [math.prod(shape) for shape in self.shapes.values()]
-        pieces = torch.split(out, sizes, dim=-1)
-        batch = out.shape[:-1]
+        lead = out.shape[:-1]
         return {
-            name: piece.reshape((*batch, *shape))
-            for (name, shape), piece in zip(self.shapes.items(), pieces, strict=True)
+            name: piece.reshape((*lead, *shape))
+            for (name, shape), piece in zip(
+                self.shapes.items(), torch.split(out, sizes, dim=-1), strict=True
+            )
         }
 
     def extra_repr(self) -> str:
