@@ -29,6 +29,7 @@ from flowvi.run import FitConfig, caption, load_fit, resume_config, run_fit, run
 from flowvi.show import ShowConfig, run_show
 from flowvi.targets import ENERGIES, NAMES
 from flowvi.train import NonFiniteLossError
+from flowvi.transforms.transformers import TRANSFORMERS
 from flowvi.vae.run import VAEConfig, evaluate_vae, run_vae, vae_config
 
 DEFAULTS = FitConfig()
@@ -70,6 +71,11 @@ def _parser() -> argparse.ArgumentParser:
         "--order",
         choices=list(ORDERS),
         help="autoregressive order of every layer (default: natural and reverse alternate)",
+    )
+    option(
+        "--transformer",
+        choices=list(TRANSFORMERS),
+        help="elementwise map of coupling/autoregressive layers (None: the family's own)",
     )
     option("--base", help="base distribution: standard or diagonal")
     option("--iters", type=int, help="training iterations")
@@ -175,6 +181,11 @@ def _density_parser(commands) -> None:
         "--order",
         choices=["natural", "reverse", "random"],
         help="autoregressive order of every layer (default: natural and reverse alternate)",
+    )
+    option(
+        "--transformer",
+        choices=list(TRANSFORMERS),
+        help="elementwise map of coupling/autoregressive layers (None: the family's own)",
     )
     option("--base", help="base distribution: standard or diagonal")
     option("--n-train", type=int, help="training points drawn from a toy set")

@@ -31,6 +31,7 @@ from flowvi.io import (
 from flowvi.plot import density_figure, image_grid
 from flowvi.run import DTYPES, resolve_device
 from flowvi.train import SCHEDULES, make_optimizer
+from flowvi.transforms.transformers import TRANSFORMERS
 
 IMAGES = ("digits", "fashion-mnist", "mnist")
 FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
@@ -52,6 +53,7 @@ class DensityConfig:
     hidden: tuple[int, ...] = (64, 64)
     mask: str = "half"
     order: str | None = None
+    transformer: str | None = None
     n_train: int = 20_000
     n_valid: int = 2_000
     n_test: int = 5_000
@@ -99,6 +101,8 @@ class DensityConfig:
         check_choice(self.dtype, DTYPES, "dtype")
         check_choice(self.flow, LAYERS, "flow")
         check_choice(self.base, flowvi.distributions.BASES, "base")
+        if self.transformer is not None:
+            check_choice(self.transformer, TRANSFORMERS, "transformer")
         make_optimizer([torch.zeros(1, requires_grad=True)], self.optimizer, self.lr)
         check_choice(self.schedule, SCHEDULES, "schedule")
         resolve_device(self.device)
@@ -186,6 +190,7 @@ def make_flow(config: DensityConfig, splits: Splits) -> NormalizingFlow:
         hidden=config.hidden,
         mask=config.mask,
         order=config.order,
+        transformer=config.transformer,
     )
     if splits.levels is None:
         stats = data.Standardize.fit(splits.train)

@@ -31,6 +31,7 @@ from flowvi.metrics import evaluate
 from flowvi.objectives import beta_schedule
 from flowvi.plot import fit_figure
 from flowvi.train import make_optimizer
+from flowvi.transforms.transformers import TRANSFORMERS
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -49,6 +50,7 @@ class FitConfig:
     hidden: tuple[int, ...] = (64, 64)
     mask: str = "half"
     order: str | None = None
+    transformer: str | None = None
     dim: int | None = None
     confine: bool | None = None
     iters: int = 10_000
@@ -82,6 +84,8 @@ class FitConfig:
         check_choice(self.mask, MASKS, "mask")
         if self.order is not None:
             check_choice(self.order, ORDERS, "order")
+        if self.transformer is not None:
+            check_choice(self.transformer, TRANSFORMERS, "transformer")
         make_optimizer([torch.zeros(1, requires_grad=True)], self.optimizer, self.lr)
         beta_schedule(0, beta0=self.beta0, anneal_iters=self.anneal_iters)
         if self.dim is not None:
@@ -137,6 +141,7 @@ def run_fit(
         hidden=config.hidden,
         mask=config.mask,
         order=config.order,
+        transformer=config.transformer,
     )
     flow = flow.to(device=device, dtype=dtype)
     target = target.to(device)

@@ -78,6 +78,7 @@ def build(
     hidden: Sequence[int] = (64, 64),
     mask: str = "half",
     order: str | None = None,
+    transformer: str | None = None,
 ) -> NormalizingFlow:
     """Build a flow of ``length`` layers of one family, by name.
 
@@ -99,11 +100,15 @@ def build(
         order: autoregressive layers' order: ``None`` alternates natural and reverse;
             ``natural`` or ``reverse`` for every layer; ``random`` gives each layer its own
             seeded random order (seeds from torch's generator, recorded for :func:`describe`).
+        transformer: the elementwise map of coupling and autoregressive layers, a name in
+            :data:`flowvi.transforms.transformers.TRANSFORMERS` (e.g. ``softplus-affine`` for
+            ``realnvp`` or ``maf``); ``None`` keeps each family's own.
 
     Raises:
         ValueError: for an unknown name (the message lists the valid ones), or ``d < 1``,
             ``length < 1``, a bad hidden size, a ``mask`` other than ``half`` for a
-            non-coupling family, or an ``order`` for a non-autoregressive one.
+            non-coupling family, an ``order`` for a non-autoregressive one, or a
+            ``transformer`` for a family without one or an unknown transformer.
     """
     check_choice(flow, LAYERS, "flow")
     check_choice(base, BASES, "base")
@@ -114,11 +119,18 @@ def build(
         raise ValueError(f"mask applies to coupling layers only, not to {flow!r}")
     if order is not None and not issubclass(cls, MAF | IAF):
         raise ValueError(f"order applies to autoregressive layers only, not to {flow!r}")
+    if transformer is not None and not issubclass(cls, Coupling | MAF | IAF):
+        raise ValueError(
+            f"transformer applies to coupling and autoregressive layers only, not to {flow!r}"
+        )
+    options = {} if transformer is None else {"transformer": transformer}
     if issubclass(cls, Coupling):
-        layers = [cls(d, hidden=hidden, mask=mask, swap=k % 2 == 1) for k in range(length)]
+        layers = [
+            cls(d, hidden=hidden, mask=mask, swap=k % 2 == 1, **options) for k in range(length)
+        ]
     elif issubclass(cls, MAF | IAF):
         orders = [order or ("natural", "reverse")[k % 2] for k in range(length)]
-        layers = [cls(d, hidden=hidden, order=o) for o in orders]
+        layers = [cls(d, hidden=hidden, order=o, **options) for o in orders]
     elif cls is Residual:
         layers = [cls(d, hidden=hidden) for _ in range(length)]
     elif hasattr(cls, "alternate"):  # e.g. T-SNF flips its permutation on every other layer

@@ -139,11 +139,11 @@ class Coupling(_Networked):
         swap: exchange A and B (alternate it along a stack so every coordinate is transformed).
         hidden: hidden sizes of the conditioner MLP, whose last layer starts at zero (so the
             layer starts at its transformer's zero-parameter point: the identity for additive,
-            affine and spline).
+            affine and spline, a contraction by ln 2 for softplus-affine).
         context_dim: size of a context fed to the conditioner, or ``None``.
         transformer: the elementwise map, a name in
             :data:`flowvi.transforms.transformers.TRANSFORMERS` (``additive``, ``affine``,
-            ``spline``, ``monotone``); ``None`` takes the class's own.
+            ``softplus-affine``, ``spline``, ``monotone``); ``None`` takes the class's own.
         monotone_hidden: hidden sizes of the monotone transformer's scalar network (default
             ``(8,)``, see :class:`flowvi.transforms.transformers.Monotone`); monotone only.
 
@@ -234,7 +234,7 @@ class _MaskedAutoregressive(_Networked):
             ``None``.
         transformer: the elementwise map, a name in
             :data:`flowvi.transforms.transformers.TRANSFORMERS` (``additive``, ``affine``,
-            ``spline``, ``monotone``); ``None`` takes the class's own.
+            ``softplus-affine``, ``spline``, ``monotone``); ``None`` takes the class's own.
         monotone_hidden: hidden sizes of the monotone transformer's scalar network (default
             ``(8,)``, see :class:`flowvi.transforms.transformers.Monotone`); monotone only.
 

@@ -56,6 +56,38 @@ class Affine:
         return (y - shift) * torch.exp(-log_scale), log_scale
 
 
+class SoftplusAffine:
+    r""":math:`y = \mu + a x` with the scale :math:`a = \mathrm{softplus}(r) + 10^{-3}`.
+
+    The scale map of nflows' masked affine autoregressive layer (Durkan et al. 2019): positive
+    for any :math:`r`, at least :math:`10^{-3}`, and growing only linearly in :math:`r` where
+    :math:`e^{r}` grows exponentially. At :math:`r = 0`, where a zero-initialized network
+    starts, :math:`a = \ln 2`: the layer starts as a contraction of its forward map (for MAF,
+    data to noise: a broad initial density), not at the identity.
+
+    Both properties slow the fit of very thin directions of the data, which regularizes small
+    data sets: on scikit-learn's breast_cancer features (364 training rows, d = 30, early
+    stopping on a validation split) MAF and RealNVP with this map reach test NLLs 12-20 nats
+    lower than with :class:`Affine`'s (``benchmarks/RESULTS.md``). ``k = 2``.
+    """
+
+    num_params = 2
+
+    @staticmethod
+    def _shift_scale(params: Tensor) -> tuple[Tensor, Tensor]:
+        shift, raw = params.unbind(-1)
+        return shift, F.softplus(raw) + 1e-3
+
+    def call(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        shift, scale = self._shift_scale(params)
+        return torch.addcmul(shift, scale, x), torch.log(scale)
+
+    def inverse(self, y: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        """``(x, ln dy/dx at x)``."""
+        shift, scale = self._shift_scale(params)
+        return (y - shift) / scale, torch.log(scale)
+
+
 class Spline:
     r"""Monotone rational-quadratic spline on :math:`[-B, B]` with identity tails
     (Durkan et al. 2019, Section 3.1; their setting K = 8 bins, B = 3).
@@ -310,6 +342,7 @@ def _inv_softplus(value: float) -> float:
 TRANSFORMERS = {
     "additive": Additive(),
     "affine": Affine(),
+    "softplus-affine": SoftplusAffine(),
     "spline": Spline(),
     "monotone": Monotone(),
 }
