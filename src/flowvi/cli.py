@@ -63,21 +63,7 @@ def _parser() -> argparse.ArgumentParser:
 
     option = _options(fit, DEFAULTS)
     option("--dim", type=int, help="dimension of a user target")
-    option("--flow", help=f"layer family: {', '.join(LAYERS)}")
-    option("--length", "-K", type=int, help="flow length K")
-    option("--hidden", type=_sizes, help="hidden sizes of coupling/MADE networks, e.g. 64,64")
-    option("--mask", choices=list(MASKS), help="coupling split (checkerboard: square d)")
-    option(
-        "--order",
-        choices=list(ORDERS),
-        help="autoregressive order of every layer (default: natural and reverse alternate)",
-    )
-    option(
-        "--transformer",
-        choices=list(TRANSFORMERS),
-        help="elementwise map of coupling/autoregressive layers (None: the family's own)",
-    )
-    option("--base", help="base distribution: standard or diagonal")
+    _flow_options(option)
     option("--iters", type=int, help="training iterations")
     option("--batch-size", type=int, help="samples per iteration")
     option("--lr", type=float, help="learning rate")
@@ -151,6 +137,25 @@ def _options(parser: argparse.ArgumentParser, defaults: object):
     return option
 
 
+def _flow_options(option) -> None:
+    """The flow's options, shared by ``flowvi fit`` and ``flowvi density``."""
+    option("--flow", help=f"layer family: {', '.join(LAYERS)}")
+    option("--length", "-K", type=int, help="flow length K")
+    option("--hidden", type=_sizes, help="hidden sizes of coupling/MADE networks, e.g. 64,64")
+    option("--mask", choices=list(MASKS), help="coupling split (checkerboard: square images)")
+    option(
+        "--order",
+        choices=list(ORDERS),
+        help="autoregressive order of every layer (None: natural and reverse alternate)",
+    )
+    option(
+        "--transformer",
+        choices=list(TRANSFORMERS),
+        help="elementwise map of coupling/autoregressive layers (None: the family's own)",
+    )
+    option("--base", help="base distribution: standard or diagonal")
+
+
 def _density_parser(commands) -> None:
     density = commands.add_parser(
         "density",
@@ -169,25 +174,7 @@ def _density_parser(commands) -> None:
         "or a .npy/.csv file of numeric columns",
     )
     option("--data-dir", help=f"directory of IDX files for fashion-mnist/mnist ({FASHION_MNIST})")
-    option("--flow", help=f"layer family: {', '.join(LAYERS)}")
-    option("--length", "-K", type=int, help="flow length K")
-    option("--hidden", type=_sizes, help="hidden sizes of coupling/MADE networks, e.g. 64,64")
-    option(
-        "--mask",
-        choices=["half", "alternate", "checkerboard"],
-        help="coupling split (checkerboard: square images)",
-    )
-    option(
-        "--order",
-        choices=["natural", "reverse", "random"],
-        help="autoregressive order of every layer (default: natural and reverse alternate)",
-    )
-    option(
-        "--transformer",
-        choices=list(TRANSFORMERS),
-        help="elementwise map of coupling/autoregressive layers (None: the family's own)",
-    )
-    option("--base", help="base distribution: standard or diagonal")
+    _flow_options(option)
     option("--n-train", type=int, help="training points drawn from a toy set")
     option("--n-valid", type=int, help="validation points drawn from a toy set")
     option("--n-test", type=int, help="test points drawn from a toy set")
