@@ -208,7 +208,7 @@ def _weights(directory):
     )
 
 
-def test_cli_train_eval_end_to_end_and_resume_equals_uninterrupted(tmp_path):
+def test_cli_train_eval_end_to_end_and_resume_equals_uninterrupted(tmp_path, capsys):
     import json
 
     from flowvi.cli import main
@@ -226,8 +226,14 @@ def test_cli_train_eval_end_to_end_and_resume_equals_uninterrupted(tmp_path):
     for name in ("samples.png", "reconstructions.png", "trace.csv", "train.json"):
         assert (full / name).is_file(), name
 
+    capsys.readouterr()
     assert main(["vae", "eval", str(full), "--samples", "64"]) == 0
+    assert "ln p(x), k = 64" in capsys.readouterr().err  # a progress bar on long work
     metrics = json.loads((full / "metrics.json").read_text())
+    assert main(["vae", "eval", str(full), "--samples", "64", "--quiet"]) == 0
+    assert "ln p(x)" not in capsys.readouterr().err
+    again = json.loads((full / "metrics.json").read_text())  # same seed: the same numbers
+    assert again["test_nll"] == metrics["test_nll"]
     assert metrics["is_samples"] == 64 and metrics["n_test"] == 359
     # the importance-sampled bound is tighter than the ELBO (in expectation, per image)
     assert metrics["test_nll"] < metrics["test_neg_elbo"] + 3 * metrics["test_neg_elbo_se"]

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from flowvi._checks import check_choice, check_dim
 from flowvi.evidence import log_mean_exp
@@ -152,6 +153,7 @@ def anneal(
     target_accept: float = 0.65,
     adapt: float = 1.02,
     per_chain: bool = False,
+    progress: bool = False,
 ) -> AISResult:
     r"""Run AIS along ``betas`` from states ``z`` (exact draws from :math:`f_{\beta_0}`,
     normalized), see the module docstring. ``betas`` may decrease (reverse AIS).
@@ -170,6 +172,7 @@ def anneal(
             Per-chain adaptation ties a chain's kernel to its own path and biases the weights
             (measured: reverse AIS fell 0.3 nats *below* a known :math:`\ln Z`), so keep it
             for experiments.
+        progress: a progress bar over the transitions (tqdm).
 
     Returns:
         an :class:`AISResult`; ``log_Z`` estimates :math:`\ln(Z_{\beta_T} / Z_{\beta_0})`.
@@ -196,7 +199,15 @@ def anneal(
         ll = log_lik(z)
     log_w = torch.zeros(z.shape[:-1], dtype=torch.float64, device=z.device)
     accept_sum = torch.zeros_like(log_w)
-    for t, (delta, beta) in enumerate(zip(deltas, levels, strict=True)):
+    loop = tqdm(
+        enumerate(zip(deltas, levels, strict=True)),
+        total=len(deltas),
+        desc="AIS",
+        unit="β",
+        disable=not progress,
+        leave=False,
+    )
+    for t, (delta, beta) in loop:
         log_w = log_w + delta * ll.double()
         if t == len(deltas) - 1:
             break  # the last transition would not change any weight

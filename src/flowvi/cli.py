@@ -394,6 +394,7 @@ def _vae_parser(commands) -> None:
         metavar="DIR",
         help="other 2-D latent runs (same data) drawn beside this one in posterior2d.png",
     )
+    evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
     _vae_gap_parser(actions)
 
 
@@ -423,6 +424,7 @@ def _vae_gap_parser(actions) -> None:
     gap.add_argument("--elbo-samples", type=int, default=d.elbo_samples, help="draws per ELBO")
     gap.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     gap.add_argument("--seed", type=int, default=0, help="random seed")
+    gap.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def _vae(args: argparse.Namespace) -> int:
@@ -439,7 +441,14 @@ def _vae(args: argparse.Namespace) -> int:
             elbo_samples=args.elbo_samples,
         )
         runs = [
-            gap_run(d, n=args.n, settings=settings, device=args.device, seed=args.seed)
+            gap_run(
+                d,
+                n=args.n,
+                settings=settings,
+                device=args.device,
+                seed=args.seed,
+                progress=not args.quiet,
+            )
             for d in args.directories
         ]
         print(gap_table(runs))
@@ -452,6 +461,7 @@ def _vae(args: argparse.Namespace) -> int:
             device=args.device,
             seed=args.seed,
             compare=tuple(args.compare),
+            progress=not args.quiet,
         )
         if m.get("model") == "nlpca":
             print(

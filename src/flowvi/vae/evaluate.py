@@ -6,6 +6,7 @@ import math
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from flowvi._checks import check_dim
 from flowvi.evidence import Estimate, iwae_bound
@@ -15,7 +16,13 @@ from flowvi.vae.model import VAE
 
 @torch.no_grad()
 def importance_log_likelihood(
-    model: VAE, x: Tensor, *, samples: int = 5000, chunk: int = 500, batch_size: int = 100
+    model: VAE,
+    x: Tensor,
+    *,
+    samples: int = 5000,
+    chunk: int = 500,
+    batch_size: int = 100,
+    progress: bool = False,
 ) -> Estimate:
     r"""Importance-sampled :math:`\ln p(x_i) \approx \ln \frac1k \sum_{s=1}^k
     p(x_i, z_s) / q(z_s \mid x_i)`, :math:`z_s \sim q(z \mid x_i)`, per datapoint (nats), with
@@ -27,7 +34,7 @@ def importance_log_likelihood(
     ``batch_size`` datapoints, so memory stays at ``chunk × batch_size`` latent samples.
 
     Args:
-        model: the VAE. x: ``(n, D)``.
+        model: the VAE. x: ``(n, D)``. progress: a progress bar over the datapoints (tqdm).
 
     Returns:
         an :class:`flowvi.evidence.Estimate` with ``log_Z``, ``se`` and ``ess`` of shape
@@ -39,6 +46,7 @@ def importance_log_likelihood(
     for value, name in ((samples, "samples"), (chunk, "chunk"), (batch_size, "batch_size")):
         check_dim(value, name)
     parts = []
+    bar = tqdm(total=len(x), desc=f"ln p(x), k = {samples}", unit="x", disable=not progress)
     for xb in x.split(batch_size):
         q = model.posterior(model.encoder(xb))
 
@@ -47,6 +55,8 @@ def importance_log_likelihood(
             return model.decoder(z).log_prob(xb) + model.prior().log_prob(z) - log_q
 
         parts.append(iwae_bound(draw, samples, chunk=chunk))
+        bar.update(len(xb))
+    bar.close()
     return Estimate(
         log_Z=torch.cat([p.log_Z for p in parts]),
         se=torch.cat([p.se for p in parts]),
@@ -56,12 +66,18 @@ def importance_log_likelihood(
 
 
 def log_likelihood(
-    model: VAE, x: Tensor, *, samples: int = 5000, chunk: int = 500, batch_size: int = 100
+    model: VAE,
+    x: Tensor,
+    *,
+    samples: int = 5000,
+    chunk: int = 500,
+    batch_size: int = 100,
+    progress: bool = False,
 ) -> Tensor:
     r"""The estimate of :func:`importance_log_likelihood` alone: :math:`\ln p(x_i)`, ``(n,)``,
     float64 nats (the IWAE bound with ``k = samples``)."""
     return importance_log_likelihood(
-        model, x, samples=samples, chunk=chunk, batch_size=batch_size
+        model, x, samples=samples, chunk=chunk, batch_size=batch_size, progress=progress
     ).log_Z
 
 

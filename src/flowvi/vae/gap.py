@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from flowvi._checks import check_choice, check_dim
 from flowvi.ais import SCHEDULES, AISResult, ais, reverse_ais
@@ -44,6 +45,7 @@ def ais_log_likelihood(
     leapfrog: int = 10,
     step_size: float = 0.05,
     batch_size: int = 100,
+    progress: bool = False,
 ) -> AISResult:
     r""":math:`\ln p(x_i)` by AIS along :math:`p(z) p(x_i \mid z)^\beta` (see
     :mod:`flowvi.ais`), ``chains`` HMC chains per datapoint, all datapoints of a batch at once.
@@ -53,6 +55,7 @@ def ais_log_likelihood(
         chains: chains per datapoint. steps: intermediate distributions ``T``. kind:
             ``linear`` or ``sigmoid`` schedule. leapfrog, step_size: HMC settings (the step
             size adapts toward acceptance 0.65). batch_size: datapoints per run.
+        progress: progress bars (tqdm) over the batches and each batch's transitions.
 
     Returns:
         an :class:`flowvi.ais.AISResult`: ``log_Z, se, acceptance: (n,)`` (float64 nats, a
@@ -64,7 +67,8 @@ def ais_log_likelihood(
     check_dim(chains, "number of AIS chains")
     check_dim(batch_size, "batch size")
     parts = []
-    for xb in x.split(batch_size):
+    batches = tqdm(x.split(batch_size), desc="ln p(x) by AIS", unit="batch", disable=not progress)
+    for xb in batches:
         z0 = model.prior().sample((chains, len(xb)))
         parts.append(
             ais(
@@ -75,6 +79,7 @@ def ais_log_likelihood(
                 kind=kind,
                 leapfrog=leapfrog,
                 step_size=step_size,
+                progress=progress,
             )
         )
     return _cat(parts)
@@ -371,13 +376,15 @@ class GapSettings:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
 
 
-def inference_gap(model: VAE, x: Tensor, settings: GapSettings = GapSettings()) -> dict[str, Any]:
+def inference_gap(
+    model: VAE, x: Tensor, settings: GapSettings = GapSettings(), *, progress: bool = False
+) -> dict[str, Any]:
     r"""Cremer et al.'s decomposition for the datapoints ``x: (n, D)``, in nats.
 
     :math:`\ln p(x)` by :func:`ais_log_likelihood`; :math:`\mathcal L[q]` and
     :math:`\mathcal L[q^*]` (after :func:`fit_local`) on the same ``elbo_samples`` draws
     (common random numbers). Per datapoint, ``inference = approximation + amortization``
-    holds exactly by construction.
+    holds exactly by construction. ``progress``: progress bars (tqdm) for both stages.
 
     Returns:
         ``per_point`` (lists of length ``n``: ``log_px``, ``log_px_se``, ``L_qstar``, ``L_q``,
@@ -400,11 +407,15 @@ def inference_gap(model: VAE, x: Tensor, settings: GapSettings = GapSettings()) 
         leapfrog=settings.leapfrog,
         step_size=settings.step_size,
         batch_size=settings.batch_size,
+        progress=progress,
     )
     seconds["ais"] = time.perf_counter() - start
     start = time.perf_counter()
     l_q, l_star, iters = [], [], []
-    for xb in x.split(settings.batch_size):
+    batches = tqdm(
+        x.split(settings.batch_size), desc="local q*", unit="batch", disable=not progress
+    )
+    for xb in batches:
         fit = fit_local(
             model,
             xb,
@@ -458,6 +469,7 @@ def gap_run(
     settings: GapSettings = GapSettings(),
     device: str = "cpu",
     seed: int = 0,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """:func:`inference_gap` on the first ``n`` test images of a ``flowvi vae train`` run;
     written to ``gap.json`` in the run directory and returned.
@@ -474,7 +486,7 @@ def gap_run(
     x = _splits(config).test[:n]
     x = x.to(device=next(model.parameters()).device, dtype=DTYPES[config.dtype])
     torch.manual_seed(seed)
-    result = inference_gap(model, x, settings)
+    result = inference_gap(model, x, settings, progress=progress)
     run = {"run": str(directory), "posterior": config.posterior, "length": config.length}
     result |= run | {"data": config.data, "seed": seed}
     write_json(Path(directory) / GAP_JSON, result)

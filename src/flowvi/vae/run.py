@@ -319,6 +319,7 @@ def evaluate_vae(
     device: str = "cpu",
     seed: int = 0,
     compare: tuple[str | Path, ...] = (),
+    progress: bool = False,
 ) -> dict[str, Any]:
     r"""Test :math:`-\mathrm{ELBO}` and :math:`-\ln p(x)` (importance sampling with ``samples``,
     default the run's ``eval_samples``, 5000) of a trained run, with standard errors over the
@@ -329,6 +330,7 @@ def evaluate_vae(
     posterior of the first 4 test images exactly on grids, beside those of the runs in
     ``compare`` (e.g. a diagonal posterior against a flow; :mod:`flowvi.vae.latent2d`), and
     ``metrics["latent2d"]`` holds the grids' ln p(x) and KL(q || p(z|x)) per image.
+    ``progress``: a progress bar over the importance-sampled test images (tqdm).
 
     Raises:
         ValueError: for ``compare`` runs without a 2-D latent space or on other data.
@@ -348,7 +350,7 @@ def evaluate_vae(
     start = time.perf_counter()
     neg_elbo, elbo_se = mean_and_se(-mean_elbo(model, x))
     nll, nll_se = mean_and_se(
-        -log_likelihood(model, x, samples=k, chunk=chunk or config.eval_chunk)
+        -log_likelihood(model, x, samples=k, chunk=chunk or config.eval_chunk, progress=progress)
     )
     metrics = {
         "test_neg_elbo": neg_elbo,
