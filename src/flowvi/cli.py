@@ -295,6 +295,7 @@ def _cavi_parser(commands) -> None:
     cavi.add_argument(
         "--out", type=Path, default=None, help="run directory (default: runs/cavi-<date>-<time>)"
     )
+    cavi.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def _cavi(args: argparse.Namespace) -> int:
@@ -303,7 +304,7 @@ def _cavi(args: argparse.Namespace) -> int:
     config.validate()
     stamp = datetime.now().strftime(f"{config.method}-%Y%m%d-%H%M%S")
     directory = args.out or Path("runs") / stamp
-    m = run_cavi(config, directory)
+    m = run_cavi(config, directory, progress=not args.quiet)
     if config.method == "cavi":
         state = "converged" if m["converged"] else "not converged"
         work = f"{m['iterations']} iterations ({state})"

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from flowvi._checks import check_choice, check_dim
 from flowvi.data import read_table
@@ -115,7 +116,9 @@ def load_data(config: CAVIConfig) -> tuple[Tensor, Tensor]:
     return x[order[n_test:]], x[order[:n_test]]
 
 
-def run_cavi(config: CAVIConfig, directory: str | Path) -> dict[str, Any]:
+def run_cavi(
+    config: CAVIConfig, directory: str | Path, *, progress: bool = False
+) -> dict[str, Any]:
     """Fit by CAVI or SVI (``config.method``) and write one run to ``directory``.
 
     Writes ``config.json`` (the settings, the data sizes, versions), ``trace.csv`` (CAVI:
@@ -123,7 +126,7 @@ def run_cavi(config: CAVIConfig, directory: str | Path) -> dict[str, Any]:
     the full-data ELBO at the evaluated steps; nats), ``metrics.json`` and, for 2-D data,
     ``components.png`` (the training data coloured by their most responsible component, each
     component's mean and the 1 and 2 standard-deviation circles of its predictive density).
-    Returns the metrics.
+    Returns the metrics. ``progress``: a progress bar over SVI's restarts (tqdm).
 
     Raises:
         ValueError: for invalid settings or data (before any work; SVI also when
@@ -158,7 +161,8 @@ def run_cavi(config: CAVIConfig, directory: str | Path) -> dict[str, Any]:
         rows = [(t, v, v / fit.n) for t, v in enumerate(fit.trace.tolist(), 1)]
         labels = fit.log_resp.argmax(-1)
     else:
-        fits = [_svi(train, config, config.seed + r) for r in range(config.restarts)]
+        restarts = tqdm(range(config.restarts), desc="SVI restarts", disable=not progress)
+        fits = [_svi(train, config, config.seed + r) for r in restarts]
         best = max(range(len(fits)), key=lambda r: fits[r].elbo)
         fit = fits[best]
         seconds = time.perf_counter() - start
