@@ -323,7 +323,8 @@ def _vae_parser(commands) -> None:
     vae = commands.add_parser(
         "vae",
         help="variational autoencoders whose encoder outputs a flow posterior (amortized VI)",
-        description="Train (vae train) and evaluate (vae eval) a VAE on binarized images.",
+        description="Train (vae train) and evaluate (vae eval) a VAE on images (binarized, or "
+        "grey levels with --likelihood continuous-bernoulli or gaussian).",
     )
     actions = vae.add_subparsers(dest="action", required=True)
     train = actions.add_parser(
@@ -342,7 +343,17 @@ def _vae_parser(commands) -> None:
     option("--model", choices=["vae", "nlpca"], help="vae, or the nonlinear-PCA baseline")
     option("--data", help="digits, fashion-mnist or mnist (with --data-dir)")
     option("--data-dir", help="directory of IDX files (fashion-mnist, mnist)")
-    option("--binarize", choices=["static", "dynamic"], help="static: > 0.5; dynamic: Bernoulli")
+    option(
+        "--binarize",
+        choices=["static", "dynamic", "none"],
+        help="static: > 0.5; dynamic: Bernoulli draws; none: grey levels "
+        "(None: static for the bernoulli likelihood, none for the others)",
+    )
+    option(
+        "--likelihood",
+        choices=["bernoulli", "continuous-bernoulli", "gaussian"],
+        help="p(x|z) per pixel: bernoulli (binary), continuous-bernoulli or gaussian (grey)",
+    )
     option("--posterior", help="diagonal, planar, radial, sylvester-o/-h/-t or iaf")
     option("--length", "-K", type=int, help="flow length K")
     option("--latent", type=int, help="latent size d")

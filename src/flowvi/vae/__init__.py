@@ -10,6 +10,7 @@ from flowvi.vae.networks import (
     Encoder,
     GatedConv2d,
     LinearGaussianDecoder,
+    PixelLikelihood,
 )
 from flowvi.vae.pca import NonlinearPCA
 from flowvi.vae.posterior import POSTERIORS, GaussianBase, make_posterior
@@ -27,6 +28,7 @@ __all__ = [
     "GaussianBase",
     "LinearGaussianDecoder",
     "NonlinearPCA",
+    "PixelLikelihood",
     "log_likelihood",
     "make_posterior",
     "make_prior",

@@ -11,7 +11,7 @@ from flowvi import data
 from flowvi._checks import check_choice
 
 DATASETS = ("digits", "fashion-mnist", "mnist")
-BINARIZATIONS = ("static", "dynamic")
+BINARIZATIONS = ("static", "dynamic", "none")
 
 
 @dataclass
@@ -20,7 +20,8 @@ class BinarySplits:
 
     ``train`` holds pixel intensities for dynamic binarization (a fresh Bernoulli draw per
     batch, see :meth:`batch`) and binary pixels for static binarization; ``valid`` and ``test``
-    are always binary, fixed once. ``image_shape`` is ``(C, H, W)``.
+    are then binary, fixed once. Without binarization (``none``) all three hold the grey
+    levels. ``image_shape`` is ``(C, H, W)``.
     """
 
     train: Tensor
@@ -54,7 +55,8 @@ def load_binary(
 
     ``static`` binarization thresholds the intensity at 0.5 (Fashion-MNIST as in Cremer et al.
     2018); ``dynamic`` draws ``Bernoulli(intensity)`` for each training batch and once, from
-    ``seed``, for the held-out images.
+    ``seed``, for the held-out images; ``none`` keeps the grey levels (for the continuous
+    likelihoods of :class:`flowvi.vae.PixelLikelihood`).
 
     Raises:
         ValueError: for an unknown name or binarization, or fractions outside (0, 0.5).
@@ -87,6 +89,6 @@ def load_binary(
         shape = (1, side, side)
     if binarize == "static":
         train, valid, test = ((x > 0.5).double() for x in (train, valid, test))
-    else:
+    elif binarize == "dynamic":
         valid, test = (torch.bernoulli(x, generator=g) for x in (valid, test))
     return BinarySplits(train, valid, test, tuple(shape), binarize == "dynamic")

@@ -3,13 +3,57 @@
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.distributions import Bernoulli, Distribution, Independent, Normal
+from torch.distributions import Bernoulli, ContinuousBernoulli, Distribution, Independent, Normal
 
-from flowvi._checks import check_dim
+from flowvi._checks import check_choice, check_dim
+
+LIKELIHOODS = ("bernoulli", "continuous-bernoulli", "gaussian")
+
+
+class PixelLikelihood(nn.Module):
+    r""":math:`p(x \mid z) = \prod_j p(x_j; o_j)` from a decoder's per-pixel outputs
+    ``o: (*batch, D)``; ``forward(o)`` returns it as ``Independent(..., 1)``, event ``(D,)``.
+
+    - ``bernoulli``: :math:`\mathrm{Bernoulli}(\sigma(o_j))` for binary pixels; ``log_prob`` is
+      the negative binary cross-entropy (nats, from logits: stable).
+    - ``continuous-bernoulli``: the continuous Bernoulli :math:`\mathcal{CB}(\lambda_j =
+      \sigma(o_j))` on :math:`[0, 1]` (Loaiza-Ganem & Cunningham 2019), the Bernoulli form
+      normalized as a density, for grey levels (``torch.distributions.ContinuousBernoulli``).
+    - ``gaussian``: :math:`\mathcal N(\sigma(o_j), s_j^2)` for grey levels, the mean in
+      :math:`[0, 1]` and :math:`s_j = \mathrm{softplus}(r_j) + 10^{-3}` a learned scale per
+      pixel (starting at 0.1), not a function of :math:`z`.
+
+    The two grey-level likelihoods are densities: their ``ln p(x)`` (nats per image) may be
+    positive and is not comparable with a Bernoulli model's probabilities of binarized images.
+
+    Raises:
+        ValueError: for an unknown likelihood.
+    """
+
+    def __init__(self, kind: str, D: int) -> None:
+        super().__init__()
+        check_choice(kind, LIKELIHOODS, "likelihood")
+        self.kind = kind
+        if kind == "gaussian":
+            self.scale = nn.Parameter(torch.full((D,), math.log(math.expm1(0.1 - 1e-3))))
+
+    def forward(self, out: Tensor) -> Distribution:
+        if self.kind == "bernoulli":
+            base: Distribution = Bernoulli(logits=out, validate_args=False)
+        elif self.kind == "continuous-bernoulli":
+            base = ContinuousBernoulli(logits=out, validate_args=False)
+        else:
+            base = Normal(torch.sigmoid(out), F.softplus(self.scale) + 1e-3, validate_args=False)
+        return Independent(base, 1)
+
+    def extra_repr(self) -> str:
+        return self.kind
 
 
 def _mlp(sizes: Sequence[int], *, last_activation: bool) -> nn.Sequential:
@@ -55,7 +99,8 @@ class Encoder(nn.Module):
 
 
 class BernoulliDecoder(nn.Module):
-    r""":math:`p(x \mid z) = \prod_j \mathrm{Bernoulli}(x_j; \sigma(\ell_j(z)))` for binary data.
+    r""":math:`p(x \mid z) = \prod_j \mathrm{Bernoulli}(x_j; \sigma(\ell_j(z)))` for binary data
+    (or a grey-level likelihood, see ``likelihood``).
 
     ``forward(z: (*batch, d))`` returns an ``Independent(Bernoulli(logits), 1)`` with batch
     shape ``*batch`` and event shape ``(D,)``; its ``log_prob`` is the negative binary
@@ -63,11 +108,16 @@ class BernoulliDecoder(nn.Module):
 
     Args:
         d: latent size. D: data dimension. hidden: hidden sizes (may be empty: linear).
+        likelihood: ``bernoulli`` (binary pixels), or ``continuous-bernoulli`` or ``gaussian``
+            for grey levels in [0, 1] (see :class:`PixelLikelihood`).
     """
 
-    def __init__(self, d: int, D: int, hidden: Sequence[int] = (300, 300)) -> None:
+    def __init__(
+        self, d: int, D: int, hidden: Sequence[int] = (300, 300), *, likelihood: str = "bernoulli"
+    ) -> None:
         super().__init__()
         self.net = _mlp([d, *hidden, D], last_activation=False)
+        self.likelihood = PixelLikelihood(likelihood, D)
 
     def init_bias(self, mean: Tensor) -> None:
         """Start the output bias at the logits of the training data's pixel means ``(D,)``
@@ -77,7 +127,7 @@ class BernoulliDecoder(nn.Module):
             self.net[-1].bias.copy_(torch.logit(p))
 
     def forward(self, z: Tensor) -> Distribution:
-        return Independent(Bernoulli(logits=self.net(z), validate_args=False), 1)
+        return self.likelihood(self.net(z))
 
 
 class LinearGaussianDecoder(nn.Module):
@@ -231,13 +281,16 @@ class ConvBernoulliDecoder(nn.Module):
     layers 64-32-32-32-32 (7 → 14 → 28), for 8×8 the small mirror of :class:`ConvEncoder`;
     a 1×1 convolution gives the ``C`` logits per pixel, plus a per-pixel bias (see
     :meth:`init_bias`). ``forward`` returns ``Independent(Bernoulli(logits), 1)`` with batch
-    shape ``*batch`` and event shape ``(C*H*W,)``, like :class:`BernoulliDecoder`.
+    shape ``*batch`` and event shape ``(C*H*W,)``, like :class:`BernoulliDecoder`, or with
+    ``likelihood`` a grey-level one (:class:`PixelLikelihood`).
 
     Raises:
         ValueError: for an image size other than 28×28 or 8×8, or a bad ``d``.
     """
 
-    def __init__(self, d: int, image_shape: Sequence[int]) -> None:
+    def __init__(
+        self, d: int, image_shape: Sequence[int], *, likelihood: str = "bernoulli"
+    ) -> None:
         super().__init__()
         check_dim(d, "latent size d")
         self.image_shape = _image_shape(image_shape)
@@ -260,6 +313,7 @@ class ConvBernoulliDecoder(nn.Module):
         self.net = nn.Sequential(*layers)
         D = self.image_shape[0] * self.image_shape[1] * self.image_shape[2]
         self.pixel_bias = nn.Parameter(torch.zeros(D))
+        self.likelihood = PixelLikelihood(likelihood, D)
 
     def init_bias(self, mean: Tensor) -> None:
         """Start the per-pixel bias at the logits of the training data's pixel means ``(D,)``
@@ -271,4 +325,4 @@ class ConvBernoulliDecoder(nn.Module):
     def forward(self, z: Tensor) -> Distribution:
         batch = z.shape[:-1]
         logits = self.net(z.reshape(-1, self.d, 1, 1)).reshape(*batch, -1) + self.pixel_bias
-        return Independent(Bernoulli(logits=logits, validate_args=False), 1)
+        return self.likelihood(logits)

@@ -31,7 +31,13 @@ from flowvi.vae.data import BINARIZATIONS, DATASETS, BinarySplits, load_binary
 from flowvi.vae.distributed import DataParallel, world_size
 from flowvi.vae.evaluate import log_likelihood, mean_and_se, mean_elbo
 from flowvi.vae.model import VAE
-from flowvi.vae.networks import BernoulliDecoder, ConvBernoulliDecoder, ConvEncoder, Encoder
+from flowvi.vae.networks import (
+    LIKELIHOODS,
+    BernoulliDecoder,
+    ConvBernoulliDecoder,
+    ConvEncoder,
+    Encoder,
+)
 from flowvi.vae.posterior import POSTERIORS, make_posterior
 from flowvi.vae.prior import PRIORS, make_prior
 
@@ -60,7 +66,8 @@ class VAEConfig:
     model: str = "vae"
     data: str = "digits"
     data_dir: str | None = None
-    binarize: str = "static"
+    binarize: str | None = None
+    likelihood: str = "bernoulli"
     posterior: str = "planar"
     length: int = 10
     latent: int = 40
@@ -87,6 +94,11 @@ class VAEConfig:
     eval_samples: int = 5000
     eval_chunk: int = 500
 
+    def __post_init__(self) -> None:
+        if self.binarize is None:  # the likelihood's own: binary pixels for the Bernoulli
+            own = "static" if self.likelihood == "bernoulli" else "none"
+            object.__setattr__(self, "binarize", own)
+
     def validate(self) -> None:
         """Refuse impossible settings before any work starts.
 
@@ -96,6 +108,16 @@ class VAEConfig:
         check_choice(self.model, MODELS, "model")
         check_choice(self.data, DATASETS, "data set")
         check_choice(self.binarize, BINARIZATIONS, "binarization")
+        check_choice(self.likelihood, LIKELIHOODS, "likelihood")
+        binary = self.binarize != "none"
+        if binary != (self.likelihood == "bernoulli"):
+            raise ValueError(
+                f"--likelihood {self.likelihood} needs "
+                + ("binary pixels: --binarize static or dynamic" if not binary else "")
+                + ("grey levels: --binarize none" if binary else "")
+            )
+        if self.model == "nlpca" and self.likelihood != "bernoulli":
+            raise ValueError("--model nlpca is trained on binary pixels: --likelihood bernoulli")
         check_choice(self.posterior, POSTERIORS, "posterior")
         check_choice(self.network, NETWORKS, "network")
         check_choice(self.prior, PRIORS, "prior")
@@ -132,10 +154,12 @@ def make_vae(config: VAEConfig, D: int) -> VAE:
             raise ValueError(f"--network conv needs square images; {D} pixels are not a square")
         shape = (1, side, side)
         encoder: nn.Module = ConvEncoder(shape)
-        decoder: nn.Module = ConvBernoulliDecoder(config.latent, shape)
+        likelihood = config.likelihood
+        decoder: nn.Module = ConvBernoulliDecoder(config.latent, shape, likelihood=likelihood)
     else:
         encoder = Encoder(D, config.hidden)
-        decoder = BernoulliDecoder(config.latent, D, tuple(reversed(config.hidden)))
+        hidden = tuple(reversed(config.hidden))
+        decoder = BernoulliDecoder(config.latent, D, hidden, likelihood=config.likelihood)
     posterior = make_posterior(
         config.posterior,
         config.latent,
@@ -360,7 +384,10 @@ def evaluate_vae(
         "is_samples": k,
         "n_test": len(x),
         "eval_seconds": time.perf_counter() - start,
-        "units": "nats per binarized image; nll = -ln p(x) by importance sampling (IWAE bound)",
+        "units": (
+            "nats per binarized image" if config.likelihood == "bernoulli" else "nats per image"
+        )
+        + f" ({config.likelihood}); nll = -ln p(x) by importance sampling (IWAE bound)",
     }
     from flowvi.vae.evaluate import importance_diagnostics  # PSIS k-hat of q(z|x) per image
 
@@ -414,10 +441,10 @@ def _figures(model: VAE, splits: BinarySplits, directory: Path) -> None:
     model.eval()
     p = next(model.parameters())
     z = model.prior().sample((64,))  # through the flow prior, if any
-    means = model.decoder(z).base_dist.probs
+    means = model.decoder(z).mean
     vae_grid(means, directory / "samples.png", shape=splits.image_shape, title="prior samples")
     x = splits.test[:32].to(p)
-    recon = model.decoder(model.q(x).sample()).base_dist.probs
+    recon = model.decoder(model.q(x).sample()).mean
     pairs = torch.stack([x.reshape(4, 8, -1), recon.reshape(4, 8, -1)], 1).reshape(64, -1)
     vae_grid(
         pairs,
