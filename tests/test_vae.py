@@ -249,3 +249,17 @@ def test_cli_refuses_bad_settings(tmp_path, capsys):
     assert "posterior" in capsys.readouterr().err
     assert main(["vae", "eval", str(tmp_path / "missing")]) == 2
     assert main(["vae", "train", "--warmup", "-1", "--out", str(tmp_path / "b")]) == 2
+
+
+def test_kl_warm_up_may_start_from_zero():
+    """β from 0 (Bowman et al. 2016) or 0.01 to 1; the reverse-KL fit keeps β0 > 0."""
+    from flowvi.objectives import beta_schedule
+    from flowvi.vae.run import VAEConfig
+
+    VAEConfig(beta0=0.0).validate()
+    with pytest.raises(ValueError, match="beta0"):
+        VAEConfig(beta0=-0.1).validate()
+    assert beta_schedule(0, beta0=0.0, anneal_iters=10, allow_zero=True) == 0.0
+    assert beta_schedule(5, beta0=0.0, anneal_iters=10, allow_zero=True) == 0.5
+    with pytest.raises(ValueError, match=r"\(0, 1\]"):
+        beta_schedule(0, beta0=0.0, anneal_iters=10)

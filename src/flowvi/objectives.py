@@ -7,18 +7,25 @@ import math
 from torch import Tensor
 
 
-def beta_schedule(t: int, *, beta0: float = 0.01, anneal_iters: int = 10_000) -> float:
+def beta_schedule(
+    t: int, *, beta0: float = 0.01, anneal_iters: int = 10_000, allow_zero: bool = False
+) -> float:
     r"""Inverse temperature :math:`\beta_t = \min(1, \beta_0 + t / T)`.
 
     Rezende & Mohamed (2015), Eq. 20, where :math:`\beta_0 = 0.01` and :math:`T = 10^4`.
 
-    ``anneal_iters = T = 0`` switches annealing off (:math:`\beta_t = 1`).
+    ``anneal_iters = T = 0`` switches annealing off (:math:`\beta_t = 1`). ``allow_zero``
+    accepts :math:`\beta_0 = 0`: a VAE's KL warm-up may start there (Bowman et al. 2016), the
+    reverse-KL fit may not (at :math:`\beta = 0` its free energy :math:`E_q[\ln q]` has no
+    minimum).
 
     Raises:
-        ValueError: if ``beta0`` is outside ``(0, 1]`` or ``anneal_iters < 0``.
+        ValueError: if ``beta0`` is outside ``(0, 1]`` (``[0, 1]`` with ``allow_zero``) or
+            ``anneal_iters < 0``.
     """
-    if not 0 < beta0 <= 1:
-        raise ValueError(f"beta0 must lie in (0, 1], got {beta0}")
+    if not (0 <= beta0 <= 1 if allow_zero else 0 < beta0 <= 1):
+        interval = "[0, 1]" if allow_zero else "(0, 1]"
+        raise ValueError(f"beta0 must lie in {interval}, got {beta0}")
     if anneal_iters < 0:
         raise ValueError(f"anneal_iters must be >= 0, got {anneal_iters}")
     if anneal_iters == 0:

@@ -133,8 +133,8 @@ class VAEConfig:
             check_dim(size, "hidden layer size")
         if self.warmup < 0:
             raise ValueError(f"--warmup must be >= 0 epochs, got {self.warmup}")
-        if not 0 < self.beta0 <= 1:
-            raise ValueError(f"--beta0 must lie in (0, 1], got {self.beta0}")
+        if not 0 <= self.beta0 <= 1:
+            raise ValueError(f"--beta0 must lie in [0, 1], got {self.beta0}")
         make_optimizer([torch.zeros(1, requires_grad=True)], self.optimizer, self.lr)
         resolve_device(self.device)
 
@@ -254,7 +254,7 @@ def run_vae(
         if splits.dynamic:
             x = torch.bernoulli(x)
         if shared is not None:
-            beta = beta_schedule(t, beta0=config.beta0, anneal_iters=anneal)
+            beta = beta_schedule(t, beta0=config.beta0, anneal_iters=anneal, allow_zero=True)
             beta = 1.0 if config.objective == "iwae" else beta
             return ddp.loss(
                 shared, x, objective=config.objective, samples=config.samples, beta=beta
@@ -262,7 +262,7 @@ def run_vae(
         if config.objective == "iwae":
             bound = model.iwae(x, config.samples)
         else:
-            beta = beta_schedule(t, beta0=config.beta0, anneal_iters=anneal)
+            beta = beta_schedule(t, beta0=config.beta0, anneal_iters=anneal, allow_zero=True)
             bound = model.elbo(x, samples=config.samples, beta=beta)
         return -bound.mean(), {"bound per image": bound}
 
@@ -476,7 +476,7 @@ def _write_trace(path: Path, trace: Tensor, valid, per_epoch: int, config: VAECo
         beta = (
             1.0
             if config.objective == "iwae"
-            else beta_schedule(t, beta0=config.beta0, anneal_iters=anneal)
+            else beta_schedule(t, beta0=config.beta0, anneal_iters=anneal, allow_zero=True)
         )
         valid_value = f"{at[t]:.6g}" if t in at else ""
         writer.writerow([t, t // per_epoch, f"{beta:.4g}", f"{value:.6g}", valid_value])
