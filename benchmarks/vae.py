@@ -77,11 +77,15 @@ def settings(s: argparse.Namespace) -> dict:
         "eval_points": s.eval_points,
         "eval_samples": s.eval_samples,
         "seed": s.seed,
+        "kl": s.kl,
     }
 
 
 def key(r: dict) -> tuple:
-    return tuple(str(r[k]) for k in ("posterior", "length", *settings_keys()))
+    return (
+        *(str(r[k]) for k in ("posterior", "length", *settings_keys())),
+        r.get("kl", "analytic"),
+    )
 
 
 def settings_keys() -> tuple[str, ...]:
@@ -101,8 +105,10 @@ def run_one(posterior: str, length: int, s: argparse.Namespace) -> dict:
         batch_size=s.batch_size,
         seed=s.seed,
         eval_samples=s.eval_samples,
+        kl=s.kl,
     )
-    directory = s.runs / f"{s.data}-{posterior}-K{length}-e{s.epochs}"
+    suffix = "" if s.kl == "analytic" else f"-{s.kl}kl"
+    directory = s.runs / f"{s.data}-{posterior}-K{length}-e{s.epochs}{suffix}"
     train_info: dict = {}
     if not (directory / WEIGHTS).exists():
         resume = (directory / CHECKPOINT).exists()
@@ -169,7 +175,8 @@ def table(records: list[dict], data: str) -> str:
     group = [r for r in records if r["data"] == data]
     if not group:
         return ""
-    base = next((r for r in group if r["posterior"] == "diagonal"), None)
+    plain = [r for r in group if r["posterior"] == "diagonal" and r.get("kl") != "mc"]
+    base = plain[0] if plain else None
     lines = [
         "| posterior | K | params | epochs | test -ELBO | -ln p(x) | Δ vs diagonal | gap "
         "| s/epoch | ×diag | eval s |",
@@ -189,7 +196,8 @@ def table(records: list[dict], data: str) -> str:
             ratio = f"{r['epoch_seconds'] / base['epoch_seconds']:.2f}×"
         k = "" if r["posterior"] == "diagonal" else str(r["length"])
         lines.append(
-            f"| {r['posterior']} | {k} | {r['parameters'] / 1e6:.2f}M | {r['epochs_run']} "
+            f"| {r['posterior']}{' (MC KL)' if r.get('kl') == 'mc' else ''} | {k} "
+            f"| {r['parameters'] / 1e6:.2f}M | {r['epochs_run']} "
             f"| {r['test_neg_elbo']:.2f} ± {r['test_neg_elbo_se']:.2f} "
             f"| {r['test_nll']:.2f} ± {r['test_nll_se']:.2f} | {delta} "
             f"| {r['subset_neg_elbo'] - r['test_nll']:.2f} "
@@ -284,6 +292,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--eval-points", type=int, default=500, help="test images for -ln p(x)")
     parser.add_argument("--eval-samples", type=int, default=5000, help="importance samples k")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--kl", default="analytic", choices=["analytic", "mc"], help="KL of the training ELBO"
+    )
     parser.add_argument("--runs", type=Path, default=Path("runs/bench-vae"))
     parser.add_argument("--out", type=Path, default=RESULTS / "vae.json")
     parser.add_argument("--progress", action="store_true", help="progress bars")

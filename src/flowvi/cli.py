@@ -364,6 +364,11 @@ def _vae_parser(commands) -> None:
     option("--prior-length", type=int, help="layers of the flow prior")
     option("--objective", choices=["elbo", "iwae"], help="training bound")
     option("--samples", type=int, help="latent samples per image (k of IWAE)")
+    option(
+        "--kl",
+        choices=["analytic", "mc"],
+        help="KL of the training ELBO: analytic where exact, or Monte Carlo for every posterior",
+    )
     option("--epochs", type=int, help="maximum training epochs")
     option("--batch-size", type=int, help="images per iteration")
     option("--lr", type=float, help="learning rate")

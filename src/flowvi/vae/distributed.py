@@ -55,11 +55,18 @@ class _Bound(nn.Module):
         self.vae = vae
 
     def forward(
-        self, x: Tensor, noise: Tensor, *, objective: str, samples: int, beta: float
+        self,
+        x: Tensor,
+        noise: Tensor,
+        *,
+        objective: str,
+        samples: int,
+        beta: float,
+        analytic: bool = True,
     ) -> Tensor:
         if objective == "iwae":
             return self.vae.iwae(x, samples, noise=noise)
-        return self.vae.elbo(x, samples=samples, beta=beta, noise=noise)
+        return self.vae.elbo(x, samples=samples, beta=beta, noise=noise, analytic=analytic)
 
 
 @dataclass
@@ -124,6 +131,7 @@ class DataParallel:
         objective: str,
         samples: int,
         beta: float,
+        analytic: bool = True,
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """The negative bound of this rank's shard of the global batch ``x: (B, D)``.
 
@@ -134,7 +142,8 @@ class DataParallel:
         n, d = len(x), module.module.vae.d
         part = self.shard(n)
         noise = torch.randn(samples, n, d, dtype=x.dtype, device=x.device)[:, part]
-        bound = module(x[part], noise, objective=objective, samples=samples, beta=beta)
+        options = {"objective": objective, "samples": samples, "beta": beta, "analytic": analytic}
+        bound = module(x[part], noise, **options)
         local = -bound.sum() * (self.world / n)
         total = local.detach().clone()
         dist.all_reduce(total)

@@ -43,6 +43,7 @@ from flowvi.vae.prior import PRIORS, make_prior
 
 WEIGHTS = "model.safetensors"
 OBJECTIVES = ("elbo", "iwae")
+KLS = ("analytic", "mc")
 NETWORKS = ("mlp", "conv")
 MODELS = ("vae", "nlpca")
 
@@ -59,8 +60,14 @@ class VAEConfig:
     Time in epochs: ``warmup`` (β rises from ``beta0`` to 1 linearly), ``patience``
     (validation every epoch), ``checkpoint_every``.
     ``samples`` is the number of latent samples per datapoint of the training objective (``k``
-    for ``iwae``). ``model = "nlpca"`` trains the nonlinear-PCA baseline instead
-    (:func:`flowvi.vae.pca.run_nlpca`, which lists the settings it uses).
+    for ``iwae``). ``kl``: the training ELBO's KL term, ``analytic`` where exact (a diagonal
+    posterior and the standard-normal prior; Monte Carlo otherwise) or ``mc`` for every
+    posterior (the estimator flow posteriors must use: a like-for-like baseline).
+    ``likelihood``: ``bernoulli``, ``continuous-bernoulli`` or ``gaussian``
+    (:class:`flowvi.vae.PixelLikelihood`); ``binarize`` ``None`` takes its own (``static`` for
+    the Bernoulli, ``none``, grey levels, for the others). ``model = "nlpca"`` trains the
+    nonlinear-PCA baseline instead (:func:`flowvi.vae.pca.run_nlpca`, which lists the
+    settings it uses).
     """
 
     model: str = "vae"
@@ -77,6 +84,7 @@ class VAEConfig:
     prior: str = "normal"
     prior_length: int = 1
     objective: str = "elbo"
+    kl: str = "analytic"
     samples: int = 1
     epochs: int = 100
     batch_size: int = 100
@@ -122,6 +130,7 @@ class VAEConfig:
         check_choice(self.network, NETWORKS, "network")
         check_choice(self.prior, PRIORS, "prior")
         check_choice(self.objective, OBJECTIVES, "objective")
+        check_choice(self.kl, KLS, "KL estimate")
         check_choice(self.dtype, DTYPES, "dtype")
         for name in ("length", "prior_length", "latent", "samples", "epochs", "batch_size"):
             check_dim(getattr(self, name), "--" + name.replace("_", "-"))
@@ -243,6 +252,7 @@ def run_vae(
         return torch.randperm(n, generator=g).to(device)
 
     cache: dict[int, Tensor] = {}
+    analytic = config.kl == "analytic"
 
     def loss_fn(t: int) -> tuple[Tensor, dict[str, Tensor]]:
         epoch, batch = divmod(t, per_epoch)
@@ -257,13 +267,18 @@ def run_vae(
             beta = beta_schedule(t, beta0=config.beta0, anneal_iters=anneal, allow_zero=True)
             beta = 1.0 if config.objective == "iwae" else beta
             return ddp.loss(
-                shared, x, objective=config.objective, samples=config.samples, beta=beta
+                shared,
+                x,
+                objective=config.objective,
+                samples=config.samples,
+                beta=beta,
+                analytic=analytic,
             )
         if config.objective == "iwae":
             bound = model.iwae(x, config.samples)
         else:
             beta = beta_schedule(t, beta0=config.beta0, anneal_iters=anneal, allow_zero=True)
-            bound = model.elbo(x, samples=config.samples, beta=beta)
+            bound = model.elbo(x, samples=config.samples, beta=beta, analytic=analytic)
         return -bound.mean(), {"bound per image": bound}
 
     def valid_loss() -> Tensor:
