@@ -16,7 +16,7 @@ import flowvi
 from flowvi import data
 from flowvi._checks import check_choice, check_dim
 from flowvi.density import check_data, fit_density
-from flowvi.flows import LAYERS, NormalizingFlow, build
+from flowvi.flows import LAYERS, NormalizingFlow
 from flowvi.flows.fixed import LogitPreprocessing, Standardization
 from flowvi.io import (
     CONFIG,
@@ -29,7 +29,7 @@ from flowvi.io import (
     write_json,
 )
 from flowvi.plot import density_figure, image_grid
-from flowvi.run import DTYPES, resolve_device
+from flowvi.run import DTYPES, build_flow, resolve_device
 from flowvi.train import SCHEDULES, make_optimizer
 from flowvi.transforms.transformers import TRANSFORMERS
 
@@ -182,16 +182,7 @@ def make_flow(config: DensityConfig, splits: Splits) -> NormalizingFlow:
     dequantized pixels :math:`x \in [0, L)^D`.
     """
     d = splits.train.shape[1]
-    flow = build(
-        config.flow,
-        d,
-        length=config.length,
-        base=config.base,
-        hidden=config.hidden,
-        mask=config.mask,
-        order=config.order,
-        transformer=config.transformer,
-    )
+    flow = build_flow(config, d)
     if splits.levels is None:
         stats = data.Standardize.fit(splits.train)
         tail = Standardization(d, mean=stats.mean, std=stats.std)

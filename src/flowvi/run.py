@@ -96,6 +96,22 @@ class FitConfig:
         return targets.get(self.target, dim=self.dim, confine=self.confine)
 
 
+def build_flow(config: Any, d: int) -> flowvi.NormalizingFlow:
+    """The flow a run's configuration names (``flow``, ``length``, ``base``, ``hidden``,
+    ``mask``, ``order``, ``transformer``; a :class:`FitConfig` or a ``DensityConfig``) in
+    ``d`` dimensions, by :func:`flowvi.flows.build`."""
+    return build(
+        config.flow,
+        d,
+        length=config.length,
+        base=config.base,
+        hidden=config.hidden,
+        mask=config.mask,
+        order=config.order,
+        transformer=config.transformer,
+    )
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -133,16 +149,7 @@ def run_fit(
     target = config.resolve_target()
     device, dtype = resolve_device(config.device), DTYPES[config.dtype]
     torch.manual_seed(config.seed)
-    flow = build(
-        config.flow,
-        target.dim,
-        length=config.length,
-        base=config.base,
-        hidden=config.hidden,
-        mask=config.mask,
-        order=config.order,
-        transformer=config.transformer,
-    )
+    flow = build_flow(config, target.dim)
     flow = flow.to(device=device, dtype=dtype)
     target = target.to(device)
     record = asdict(config) | {
