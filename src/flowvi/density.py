@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,6 +10,7 @@ from torch import Tensor
 
 from flowvi._checks import check_dim
 from flowvi.flows import NormalizingFlow
+from flowvi.fused import BatchLoss
 from flowvi.objectives import negative_log_likelihood
 from flowvi.train import EarlyStopping, train
 
@@ -76,11 +76,12 @@ def fit_density(
             (see :func:`flowvi.train.train`).
         augment: applied to each training minibatch ``(B, d)`` before ``log_prob``, e.g.
             uniform dequantization of integer pixel levels.
-        compile: compile the minibatch log density with ``torch.compile`` (fused kernels:
-            fewer, larger operations per step, which is what small flows are bound by). The
-            first step then takes the compile time (tens of seconds on a CPU); worth it for
-            long runs. Falls back to eager execution, with a warning, where compiling fails
-            (e.g. no C++ compiler for a CPU build).
+        compile: run each step (log density, gradient, NaN guard, Adam update) as one
+            graph compiled by ``torch.compile`` (:class:`flowvi.fused.FusedAdamStep`): fewer, larger
+            operations per step, which is what small flows are bound by. The first step then
+            takes the compile time (tens of seconds on a CPU); worth it for long runs. Adam
+            only. Falls back to eager execution, with a warning, where compiling fails (e.g. no
+            C++ compiler for a CPU build).
 
     Returns:
         ``(trace, stopper)``: the training NLL per iteration in nats per example, shape
@@ -102,20 +103,20 @@ def fit_density(
             lambda: mean_nll(flow, x_valid), every=valid_every, patience=patience
         )
     n = x_train.shape[0]
-    log_density = _compiled(_log_density(flow)) if compile else _log_density(flow)
 
-    def loss_fn(t: int) -> tuple[Tensor, dict[str, Tensor]]:
+    def batch(t: int) -> Tensor:
         x = x_train
         if batch_size < n:
             x = x_train[torch.randint(n, (batch_size,), device=x_train.device)]
-        if augment is not None:
-            x = augment(x)
-        log_q = log_density(x)
+        return x if augment is None else augment(x)
+
+    def nll(x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        log_q = flow(validate_args=False).log_prob(x)  # the data were checked up front
         return negative_log_likelihood(log_q), {"flow log density of the batch": log_q}
 
     trace = train(
         flow,
-        loss_fn,
+        BatchLoss(batch, nll),
         iters=iters,
         lr=lr,
         optimizer=optimizer,
@@ -127,34 +128,6 @@ def fit_density(
         desc="density",
         label="NLL",
         early_stopping=stopper,
+        compile=compile,
     )
     return trace, stopper
-
-
-def _log_density(flow: NormalizingFlow) -> Callable[[Tensor], Tensor]:
-    def log_q(x: Tensor) -> Tensor:
-        return flow(validate_args=False).log_prob(x)  # the data were checked up front
-
-    return log_q
-
-
-def _compiled(fn: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
-    """``torch.compile(fn)``, falling back to ``fn`` (with a warning) if compiling fails."""
-    current = [torch.compile(fn, dynamic=False)]
-
-    def call(x: Tensor) -> Tensor:
-        if current[0] is fn:
-            return fn(x)
-        try:
-            return current[0](x)
-        except Exception as error:  # compile-time failures surface at the first call
-            warnings.warn(
-                f"torch.compile failed ({type(error).__name__}: {str(error)[:200]}); "
-                "training without compiling",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-            current[0] = fn
-            return fn(x)
-
-    return call

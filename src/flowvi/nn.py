@@ -17,6 +17,22 @@ def _with_context(x: Tensor, context: Tensor | None) -> Tensor:
     return torch.cat([x.expand(*batch, -1), context.expand(*batch, -1)], -1)
 
 
+class ReLU(nn.ReLU):
+    r"""``max(x, 0)``, computed as :math:`(x + |x|)/2` inside ``torch.compile``d code.
+
+    The two are equal in floating point (``x + |x|`` is ``2x`` or ``0`` exactly), but ReLU's
+    backward needs the boolean mask ``x > 0``, which inductor's CPU code stores one vector at a
+    time at a few nanoseconds per element (7× the whole rest of a small flow's step, measured
+    in ``benchmarks/RESULTS.md``); the form with ``|x|`` needs no mask. Its gradient at exactly
+    0 is the subgradient 1/2 instead of 0. Eager code runs ``torch.relu``.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        if torch.compiler.is_compiling():
+            return (x + x.abs()) * 0.5
+        return torch.relu(x)
+
+
 class MLP(nn.Sequential):
     """``in_features -> hidden… -> out_features`` with ReLU activations.
 
@@ -28,7 +44,7 @@ class MLP(nn.Sequential):
         sizes = [in_features, *hidden]
         layers: list[nn.Module] = []
         for a, b in itertools.pairwise(sizes):
-            layers += [nn.Linear(a, b), nn.ReLU()]
+            layers += [nn.Linear(a, b), ReLU()]
         layers.append(nn.Linear(sizes[-1], out_features))
         super().__init__(*layers)
         nn.init.zeros_(layers[-1].weight)
@@ -163,7 +179,7 @@ class MADE(nn.Module):
         for i, mask in enumerate(masks):
             layers.append(MaskedLinear(mask))
             if i < len(masks) - 1:
-                layers.append(nn.ReLU())
+                layers.append(ReLU())
         self.net = nn.Sequential(*layers)
         nn.init.zeros_(layers[-1].weight)
         nn.init.zeros_(layers[-1].bias)

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from flowvi._checks import check_choice, check_dim
+from flowvi.fused import BatchLoss, FusedAdamStep
 from flowvi.io import CHECKPOINT, write_tensors
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "rmsprop": torch.optim.RMSprop}
@@ -142,6 +143,7 @@ def train(
     early_stopping: EarlyStopping | None = None,
     save: bool = True,
     iters_per_epoch: int | None = None,
+    compile: bool = False,
 ) -> Tensor:
     """Minimize ``loss_fn(t)`` over ``model``'s parameters for iterations ``t = 0 … iters - 1``.
 
@@ -168,6 +170,12 @@ def train(
     With ``save=False`` no checkpoint is written (one is still read to ``resume``): the ranks
     after the first of a data-parallel run, which hold the same parameters as rank 0.
 
+    With ``compile=True`` (Adam only, and ``loss_fn`` a :class:`flowvi.fused.BatchLoss`) each
+    step, from the loss to the parameter update, runs as one graph compiled by ``torch.compile``
+    (:class:`flowvi.fused.FusedAdamStep`); the first step pays the compile time (tens of
+    seconds on a CPU). Where compiling fails (e.g. no C++ compiler) it warns and trains
+    eagerly from that step on.
+
     Returns:
         the loss at every iteration, shape ``(iters,)`` (NaN after an early stop).
 
@@ -176,8 +184,9 @@ def train(
             naming the iteration and the inputs that were non-finite. The parameters are not
             updated by that iteration, and (with a ``directory``) they are saved as the
             checkpoint, so the run keeps its last good state.
-        ValueError: for ``iters < 1``, ``checkpoint_every < 1``, a bad optimizer or ``lr``, or
-            ``resume`` without a checkpoint.
+        ValueError: for ``iters < 1``, ``checkpoint_every < 1``, a bad optimizer or ``lr``,
+            ``resume`` without a checkpoint, or ``compile=True`` without Adam and a
+            :class:`flowvi.fused.BatchLoss`.
     """
     check_dim(iters, "iters")
     check_dim(checkpoint_every, "checkpoint_every")
@@ -191,6 +200,11 @@ def train(
         if path is None or not path.exists():
             raise ValueError(f"cannot resume: no {CHECKPOINT} in {directory}")
         start = _load_checkpoint(path, model, opt, trace, early_stopping)
+    fused = None
+    if compile:
+        if not isinstance(loss_fn, BatchLoss):
+            raise ValueError("compile=True needs the loss as a flowvi.fused.BatchLoss")
+        fused = FusedAdamStep(model, loss_fn.loss, opt)
 
     def checkpoint(t: int) -> None:
         if path is not None and save:
@@ -201,17 +215,24 @@ def train(
     for t in bar:
         if stopped:
             break
-        loss, parts = loss_fn(t)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = _grad_norm(params)
+        lr_t = lr * 0.5 * (1 + math.cos(math.pi * t / iters)) if schedule == "cosine" else lr
+        for group in opt.param_groups:
+            group["lr"] = lr_t
+        x = loss_fn.batch(t) if fused is not None else None
+        out = fused(x, lr_t) if fused is not None else None  # updates unless non-finite
+        if out is not None:
+            loss, parts, grad_norm = out
+        else:
+            fused = None  # not compiled, or compiling failed: eager steps from here on
+            loss, parts = loss_fn(t) if x is None else loss_fn.loss(x)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = _grad_norm(params)
         if not torch.isfinite(loss.detach() + grad_norm):  # the one host sync per step
             checkpoint(t)
             raise NonFiniteLossError(_explain(t, loss, grad_norm, parts, path, iters_per_epoch))
-        if schedule == "cosine":
-            for group in opt.param_groups:
-                group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * t / iters))
-        opt.step()
+        if out is None:
+            opt.step()
         trace[t] = loss.detach()
         if early_stopping is not None and (t + 1) % early_stopping.every == 0:
             stopped = early_stopping(model, t + 1)

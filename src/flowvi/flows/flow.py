@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Sequence
 
 import torch
@@ -77,10 +76,16 @@ def build_transforms(layers: Sequence[nn.Module], context: Tensor | None = None)
     vectorized operations instead of a few per layer, which roughly halves the autograd graph of
     a long planar flow.
     """
+    runs: list[list[nn.Module]] = []  # a loop, not itertools.groupby: torch.compile traces it
+    for layer in layers:
+        key = _stack_key(layer)
+        if runs and key is not None and key == _stack_key(runs[-1][0]):
+            runs[-1].append(layer)
+        else:
+            runs.append([layer])
     out: list[Transform] = []
-    for _, run in itertools.groupby(layers, key=_stack_key):
-        run = list(run)
-        if len(run) == 1 or _stack_key(run[0]) is None:
+    for run in runs:
+        if len(run) == 1:
             out.extend(layer(context) for layer in run)
             continue
         out.extend(run[0].transform(**Layer.stacked_raw(run, context)).unbind())
