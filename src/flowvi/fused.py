@@ -132,9 +132,8 @@ class FusedAdamStep:
         return out
 
     def _step(self, x: Tensor, lr: Tensor) -> tuple[Tensor, Mapping[str, Tensor], Tensor]:
-        def loss(params: dict[str, Tensor]) -> tuple[Tensor, tuple[Tensor, Mapping]]:
-            value, parts = torch.func.functional_call(self.objective, params, (x,))
-            return value, (value, parts)
+        def loss(params: dict[str, Tensor]) -> tuple[Tensor, Mapping[str, Tensor]]:
+            return torch.func.functional_call(self.objective, params, (x,))
 
         grads, (value, parts) = torch.func.grad_and_value(loss, has_aux=True)(
             dict(zip(self.names, self.params, strict=True))
