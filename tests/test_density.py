@@ -200,6 +200,8 @@ def test_density_config_refuses_bad_settings():
         DensityConfig(data="nosuchset").validate()
     with pytest.raises(ValueError, match="valid-fraction"):
         DensityConfig(valid_fraction=0.7).validate()
+    with pytest.raises(ValueError, match="Adam only"):
+        DensityConfig(compile=True, optimizer="rmsprop").validate()
     with pytest.raises(ValueError, match="flow"):
         DensityConfig(flow="glow").validate()
 

@@ -195,8 +195,8 @@ def _density_parser(commands) -> None:
     option(
         "--compile",
         action=argparse.BooleanOptionalAction,
-        help="torch.compile the training step's log density (faster steps after a compile "
-        "of tens of seconds; for long runs)",
+        help="run each training step as one torch.compile'd graph (Adam only; 2-5x faster "
+        "steps after a compile of tens of seconds; for long runs)",
     )
     density.add_argument(
         "--out", type=Path, default=None, help="run directory (default: runs/density-<date>-<time>)"

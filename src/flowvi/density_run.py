@@ -104,6 +104,8 @@ class DensityConfig:
         if self.transformer is not None:
             check_choice(self.transformer, TRANSFORMERS, "transformer")
         make_optimizer([torch.zeros(1, requires_grad=True)], self.optimizer, self.lr)
+        if self.compile and self.optimizer != "adam":
+            raise ValueError("--compile trains with Adam only: drop --optimizer or --compile")
         check_choice(self.schedule, SCHEDULES, "schedule")
         resolve_device(self.device)
         if self.kind == "table" and Path(self.data).suffix.lower() not in (".npy", ".csv"):
