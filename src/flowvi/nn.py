@@ -18,13 +18,14 @@ def _with_context(x: Tensor, context: Tensor | None) -> Tensor:
 
 
 class ReLU(nn.ReLU):
-    r"""``max(x, 0)``, computed as :math:`(x + |x|)/2` inside ``torch.compile``d code.
+    r"""``max(x, 0)``; in compiled code computed as :math:`(x + |x|)/2`.
 
-    The two are equal in floating point (``x + |x|`` is ``2x`` or ``0`` exactly), but ReLU's
-    backward needs the boolean mask ``x > 0``, which inductor's CPU code stores one vector at a
-    time at a few nanoseconds per element (7× the whole rest of a small flow's step, measured
-    in ``benchmarks/RESULTS.md``); the form with ``|x|`` needs no mask. Its gradient at exactly
-    0 is the subgradient 1/2 instead of 0. Eager code runs ``torch.relu``.
+    The two are equal in floating point (``x + |x|`` is ``2x`` or ``+0`` exactly, for
+    ``|x|`` below half the largest float), but ReLU's backward needs the boolean mask
+    ``x > 0``, and inductor's CPU code stores boolean tensors slowly (≈ 150 µs for 256 × 64
+    values on an AVX-512 CPU, against 10 µs eager: it made a compiled MAF step slower than an
+    eager one; see ``benchmarks/RESULTS.md``). The form with ``|x|`` needs no mask. Its
+    gradient at exactly 0 is the subgradient 1/2 instead of 0. Eager code runs ``torch.relu``.
     """
 
     def forward(self, x: Tensor) -> Tensor:
