@@ -90,7 +90,7 @@ class FusedAdamStep:
         for p in self.params:
             if not optimizer.state[p]:
                 optimizer.state[p] = {
-                    "step": torch.zeros((), dtype=torch.float32),
+                    "step": torch.zeros((), dtype=torch.float32, device=p.device),
                     "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
                     "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format),
                 }
