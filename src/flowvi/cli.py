@@ -139,6 +139,12 @@ def _options(parser: argparse.ArgumentParser, defaults: object):
 
 def _flow_options(option) -> None:
     """The flow's options, shared by ``flowvi fit`` and ``flowvi density``."""
+    option(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        help="run each training step as one compiled graph (Adam only; steps several times "
+        "faster after a compile of tens of seconds to minutes: for long or repeated runs)",
+    )
     option("--flow", help=f"layer family: {', '.join(LAYERS)}")
     option("--length", "-K", type=int, help="flow length K")
     option("--hidden", type=_sizes, help="hidden sizes of coupling/MADE networks, e.g. 64,64")
@@ -192,12 +198,6 @@ def _density_parser(commands) -> None:
     option("--device", help="cpu, cuda, cuda:N or auto")
     option("--dtype", help="float32 or float64")
     option("--checkpoint-every", type=int, help="iterations between checkpoints")
-    option(
-        "--compile",
-        action=argparse.BooleanOptionalAction,
-        help="run each training step as one torch.compile'd graph (Adam only; 2-5x faster "
-        "steps after a compile of tens of seconds; for long runs)",
-    )
     density.add_argument(
         "--out", type=Path, default=None, help="run directory (default: runs/density-<date>-<time>)"
     )

@@ -30,7 +30,7 @@ from flowvi.io import (
 )
 from flowvi.plot import density_figure, image_grid
 from flowvi.run import DTYPES, build_flow, resolve_device
-from flowvi.train import SCHEDULES, make_optimizer
+from flowvi.train import SCHEDULES, check_compile, make_optimizer
 from flowvi.transforms.transformers import TRANSFORMERS
 
 IMAGES = ("digits", "fashion-mnist", "mnist")
@@ -104,8 +104,7 @@ class DensityConfig:
         if self.transformer is not None:
             check_choice(self.transformer, TRANSFORMERS, "transformer")
         make_optimizer([torch.zeros(1, requires_grad=True)], self.optimizer, self.lr)
-        if self.compile and self.optimizer != "adam":
-            raise ValueError("--compile trains with Adam only: drop --optimizer or --compile")
+        check_compile(compile=self.compile, optimizer=self.optimizer)
         check_choice(self.schedule, SCHEDULES, "schedule")
         resolve_device(self.device)
         if self.kind == "table" and Path(self.data).suffix.lower() not in (".npy", ".csv"):

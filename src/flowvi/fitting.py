@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from torch import Tensor
 
 from flowvi._checks import check_dim
 from flowvi.flows import NormalizingFlow
+from flowvi.fused import BatchLoss
 from flowvi.objectives import beta_schedule, free_energy
 from flowvi.targets import Target
 from flowvi.train import train
@@ -27,6 +29,7 @@ def fit(
     resume: bool = False,
     checkpoint_every: int = 1000,
     progress: bool = True,
+    compile: bool = False,
 ) -> Tensor:
     r"""Fit ``flow`` to ``target`` by minimizing the annealed free energy (reverse KL).
 
@@ -37,6 +40,13 @@ def fit(
     The defaults (Adam, learning rate 3e-3, β rising from 0.01 to 1 over the first half of
     10,000 iterations of 256 samples) fit U1 with planar K = 32 to KL(q‖p) ≈ 0.01–0.03 nats on
     every seed we tried; the paper's T = 10,000 with 1e-3 drops a mode of U1 on some seeds.
+
+    ``compile=True`` (Adam only) runs each step, from the samples to the parameter update, as
+    one compiled graph (:class:`flowvi.fused.FusedAdamStep`): about 6× faster steps for planar
+    K = 32, after a compile of one to three minutes on a CPU (seconds when inductor's cache
+    holds the graph, e.g. for another seed), so it pays off for long or repeated fits. The
+    samples then come from inductor's generator: reproducible under ``torch.manual_seed``,
+    but not the eager run's. Flows that cannot be one graph train eagerly, with a warning.
 
     Returns:
         the loss trace :math:`F_t`, shape ``(iters,)``, in nats.
@@ -52,10 +62,13 @@ def fit(
     check_dim(batch_size, "batch_size")
     beta_schedule(0, beta0=beta0, anneal_iters=anneal_iters)  # validates the schedule
 
-    def loss_fn(t: int) -> tuple[Tensor, dict[str, Tensor]]:
+    def inverse_temperature(t: int) -> Tensor:  # a tensor: a compiled step takes it as input
+        beta = beta_schedule(t, beta0=beta0, anneal_iters=anneal_iters)
+        return torch.tensor(beta, dtype=torch.float64)
+
+    def loss(beta: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         x, log_q = flow.rsample_and_log_prob((batch_size,))
         log_p = target.log_prob(x)
-        beta = beta_schedule(t, beta0=beta0, anneal_iters=anneal_iters)
         return free_energy(log_q, log_p, beta), {
             "target log density": log_p,
             "flow log density": log_q,
@@ -63,7 +76,7 @@ def fit(
 
     return train(
         flow,
-        loss_fn,
+        BatchLoss(inverse_temperature, loss),
         iters=iters,
         lr=lr,
         optimizer=optimizer,
@@ -73,4 +86,5 @@ def fit(
         progress=progress,
         desc=f"fit {target.name}",
         label="F",
+        compile=compile,
     )

@@ -17,21 +17,27 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import Tensor, nn
 
-Loss = Callable[[Tensor], tuple[Tensor, Mapping[str, Tensor]]]
+Loss = Callable[..., tuple[Tensor, Mapping[str, Tensor]]]
 
 
 class BatchLoss:
-    """A minibatch loss in two parts: ``batch(t)`` draws iteration ``t``'s inputs (eagerly, so
-    random draws use torch's generator exactly as without compiling) and ``loss(x)`` returns
-    ``(loss, parts)`` as a function of the model's parameters and ``x`` alone, which
-    :func:`flowvi.train.train` can compile. Called as ``loss_fn(t)``, it is an ordinary loss
-    function: ``loss(batch(t))``."""
+    """A minibatch loss in two parts: ``batch(t)`` makes iteration ``t``'s inputs, a tensor or
+    a tuple of tensors (eagerly: data draws use torch's generator exactly as without
+    compiling; scalars such as an annealing ``beta`` as 0-d tensors, so that a compiled loss
+    does not specialize on them) and ``loss(*inputs)`` returns ``(loss, parts)`` as a function
+    of the model's parameters and the inputs alone, which :func:`flowvi.train.train` can
+    compile. Called as ``loss_fn(t)``, it is an ordinary loss function."""
 
-    def __init__(self, batch: Callable[[int], Tensor], loss: Loss) -> None:
+    def __init__(self, batch: Callable[[int], Tensor | tuple[Tensor, ...]], loss: Loss) -> None:
         self.batch, self.loss = batch, loss
 
+    def inputs(self, t: int) -> tuple[Tensor, ...]:
+        """``batch(t)`` as a tuple."""
+        out = self.batch(t)
+        return out if isinstance(out, tuple) else (out,)
+
     def __call__(self, t: int) -> tuple[Tensor, Mapping[str, Tensor]]:
-        return self.loss(self.batch(t))
+        return self.loss(*self.inputs(t))
 
 
 class _Objective(nn.Module):
@@ -42,31 +48,32 @@ class _Objective(nn.Module):
         super().__init__()
         self.model, self.loss = model, loss
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Mapping[str, Tensor]]:
-        return self.loss(x)
+    def forward(self, *inputs: Tensor) -> tuple[Tensor, Mapping[str, Tensor]]:
+        return self.loss(*inputs)
 
 
 class FusedAdamStep:
     """One Adam step of ``loss`` over ``model``'s trainable parameters, compiled as one graph.
 
-    ``step(x, lr)`` computes ``(loss, parts) = loss(x)``, the gradient of ``loss`` and its
-    largest absolute entry, and, only if the loss and every gradient entry are finite, updates
-    the parameters and ``optimizer``'s state (``step``, ``exp_avg``, ``exp_avg_sq``, the
+    ``step(inputs, lr)`` computes ``(loss, parts) = loss(*inputs)``, the gradient of ``loss``
+    and its largest absolute entry, and, only if the loss and every gradient entry are finite,
+    updates the parameters and ``optimizer``'s state (``step``, ``exp_avg``, ``exp_avg_sq``, the
     tensors :class:`torch.optim.Adam` keeps, so its ``state_dict`` and checkpoints stay valid);
     otherwise nothing changes. Returns ``(loss, parts, grad_norm)``, or ``None`` (with a
     warning, once) if the step cannot be compiled, e.g. without a C++ compiler: the caller then
     steps eagerly.
 
-    After the first call, guard evaluation is skipped while ``x`` keeps its shape, dtype and
-    device (``torch.compiler.set_stance(skip_guard_eval_unsafe=True)``): the model's structure
-    cannot change during training, and the checks cost as much as a layer. A new shape is
-    compiled with guards. Every parameter gets a gradient (zero if unused), where
-    :class:`torch.optim.Adam` skips parameters without one.
+    After the first call, guard evaluation is skipped while the inputs keep their shapes,
+    dtypes and devices (``torch.compiler.set_stance(skip_guard_eval_unsafe=True)``): the
+    model's structure cannot change during training, and the checks cost as much as a layer.
+    New shapes are compiled with guards. Every parameter gets a gradient (zero if unused),
+    where :class:`torch.optim.Adam` skips parameters without one.
 
     Args:
         model: the module whose parameters ``loss`` uses.
-        loss: ``x -> (scalar loss, named tensors)``; a pure function of the parameters and
-            ``x`` (it may draw random numbers).
+        loss: ``*inputs -> (scalar loss, named tensors)``; a pure function of the parameters
+            and the inputs (it may draw random numbers: compiled, they come from inductor's
+            generator, seeded from torch's, so runs are reproducible but differ from eager).
         optimizer: a :class:`torch.optim.Adam` over ``model``'s trainable parameters (one group,
             no weight decay, AMSGrad or maximize); its state is created if empty.
 
@@ -104,21 +111,23 @@ class FusedAdamStep:
         self.shape: tuple | None = None
         self.failed = False
 
-    def __call__(self, x: Tensor, lr: float) -> tuple[Tensor, Mapping[str, Tensor], Tensor] | None:
+    def __call__(
+        self, inputs: tuple[Tensor, ...], lr: float
+    ) -> tuple[Tensor, Mapping[str, Tensor], Tensor] | None:
         if self.failed:
             return None
         self.lr.fill_(lr)
-        key = (x.shape, x.dtype, x.device)
+        key = tuple((x.shape, x.dtype, x.device) for x in inputs)
         # no_grad outside: torch.func takes the gradient; nothing else is differentiated
         with torch.no_grad():
             if key == self.shape:
                 try:
                     with torch.compiler.set_stance(skip_guard_eval_unsafe=True):
-                        return self.compiled(x, self.lr)
+                        return self.compiled(self.lr, *inputs)
                 except RuntimeError:  # a guard failed (so nothing ran): check them all
-                    return self.compiled(x, self.lr)
+                    return self.compiled(self.lr, *inputs)
             try:
-                out = self.compiled(x, self.lr)
+                out = self.compiled(self.lr, *inputs)
             except Exception as error:  # compile-time failures surface at the first call
                 warnings.warn(
                     f"torch.compile failed ({type(error).__name__}: {str(error)[:200]}); "
@@ -131,9 +140,9 @@ class FusedAdamStep:
         self.shape = key
         return out
 
-    def _step(self, x: Tensor, lr: Tensor) -> tuple[Tensor, Mapping[str, Tensor], Tensor]:
+    def _step(self, lr: Tensor, *inputs: Tensor) -> tuple[Tensor, Mapping[str, Tensor], Tensor]:
         def loss(params: dict[str, Tensor]) -> tuple[Tensor, Mapping[str, Tensor]]:
-            return torch.func.functional_call(self.objective, params, (x,))
+            return torch.func.functional_call(self.objective, params, inputs)
 
         grads, (value, parts) = torch.func.grad_and_value(loss, has_aux=True)(
             dict(zip(self.names, self.params, strict=True))

@@ -33,7 +33,7 @@ def beta_schedule(
     return min(1.0, beta0 + t / anneal_iters)
 
 
-def free_energy(log_q: Tensor, log_p: Tensor, beta: float = 1.0) -> Tensor:
+def free_energy(log_q: Tensor, log_p: Tensor, beta: float | Tensor = 1.0) -> Tensor:
     r"""Monte Carlo (annealed) free energy :math:`F = E_q[\ln q(z) - \beta \ln \tilde p(z)]`.
 
     With :math:`\beta = 1`, :math:`F = \mathrm{KL}(q \| p) - \ln Z \ge -\ln Z`: minimizing it is
@@ -43,7 +43,8 @@ def free_energy(log_q: Tensor, log_p: Tensor, beta: float = 1.0) -> Tensor:
         log_q: :math:`\ln q(z_s)` of samples :math:`z_s \sim q`, shape ``(n,)``, differentiable
             through the reparameterized samples.
         log_p: unnormalized target log density at the same samples, shape ``(n,)``.
-        beta: inverse temperature :math:`\beta_t` (see :func:`beta_schedule`).
+        beta: inverse temperature :math:`\beta_t` (see :func:`beta_schedule`), a number or a
+            0-d tensor.
 
     Returns:
         the sample mean, a scalar in nats.

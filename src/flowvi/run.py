@@ -30,7 +30,7 @@ from flowvi.io import (
 from flowvi.metrics import evaluate
 from flowvi.objectives import beta_schedule
 from flowvi.plot import fit_figure
-from flowvi.train import make_optimizer
+from flowvi.train import check_compile, make_optimizer
 from flowvi.transforms.transformers import TRANSFORMERS
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -64,6 +64,7 @@ class FitConfig:
     dtype: str = "float32"
     checkpoint_every: int = 1_000
     samples: int = 100_000
+    compile: bool = False
 
     def validate(self) -> None:
         """Refuse impossible settings before any work starts.
@@ -87,6 +88,7 @@ class FitConfig:
         if self.transformer is not None:
             check_choice(self.transformer, TRANSFORMERS, "transformer")
         make_optimizer([torch.zeros(1, requires_grad=True)], self.optimizer, self.lr)
+        check_compile(compile=self.compile, optimizer=self.optimizer)
         beta_schedule(0, beta0=self.beta0, anneal_iters=self.anneal_iters)
         if self.dim is not None:
             check_dim(self.dim, "--dim")
@@ -172,6 +174,7 @@ def run_fit(
         resume=resume,
         checkpoint_every=config.checkpoint_every,
         progress=progress,
+        compile=config.compile,
     )
     save(flow, directory)
     _write_trace(directory / "trace.csv", trace, config)

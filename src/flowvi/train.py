@@ -126,6 +126,13 @@ def make_optimizer(params, name: str, lr: float) -> torch.optim.Optimizer:
         return torch.optim.Adam(params, lr=lr, foreach=True)
 
 
+def check_compile(*, compile: bool, optimizer: str) -> None:
+    """Raise ``ValueError`` for ``compile=True`` with an optimizer other than Adam (the one the
+    compiled step implements, :class:`flowvi.fused.FusedAdamStep`)."""
+    if compile and optimizer != "adam":
+        raise ValueError(f"--compile trains with Adam only, not {optimizer!r}")
+
+
 def train(
     model: nn.Module,
     loss_fn: LossFn,
@@ -218,13 +225,13 @@ def train(
         lr_t = lr * 0.5 * (1 + math.cos(math.pi * t / iters)) if schedule == "cosine" else lr
         for group in opt.param_groups:
             group["lr"] = lr_t
-        x = loss_fn.batch(t) if fused is not None else None
-        out = fused(x, lr_t) if fused is not None else None  # updates unless non-finite
+        inputs = loss_fn.inputs(t) if fused is not None else None
+        out = fused(inputs, lr_t) if fused is not None else None  # updates unless non-finite
         if out is not None:
             loss, parts, grad_norm = out
         else:
             fused = None  # not compiled, or compiling failed: eager steps from here on
-            loss, parts = loss_fn(t) if x is None else loss_fn.loss(x)
+            loss, parts = loss_fn(t) if inputs is None else loss_fn.loss(*inputs)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = _grad_norm(params)
