@@ -129,9 +129,11 @@ class FusedAdamStep:
             try:
                 out = self.compiled(self.lr, *inputs)
             except Exception as error:  # compile-time failures surface at the first call
+                reason = str(error).strip().splitlines()[0][:200] if str(error) else ""
                 warnings.warn(
-                    f"torch.compile failed ({type(error).__name__}: {str(error)[:200]}); "
-                    "training without compiling",
+                    f"torch.compile failed on the training step ({type(error).__name__}: "
+                    f"{reason}); training eagerly. A step with data-dependent control flow "
+                    "(an iterative inverse, a first-batch initialization) cannot be one graph",
                     RuntimeWarning,
                     stacklevel=2,
                 )
