@@ -73,6 +73,21 @@ def test_orthonormalize_is_differentiable_with_fewer_columns_than_rows():
     assert torch.autograd.gradcheck(orthonormalize, (raw,))
 
 
+@pytest.mark.parametrize("shape", [(3, 6, 6), (3, 7, 4), (2, 5, 1)])
+def test_orthonormalize_gradient_is_the_polar_factors(shape):
+    """The analytic backward equals autograd through the SVD's polar factor U Vᵀ, square and
+    tall, batched, and works under torch.func."""
+    g = _gen(len(shape) + shape[-1])
+    raw = torch.randn(*shape, generator=g, dtype=F64).requires_grad_()
+    weights = torch.randn(*shape, generator=g, dtype=F64)
+    (grad,) = torch.autograd.grad((orthonormalize(raw) * weights).sum(), raw)
+    u, _, vh = torch.linalg.svd(raw, full_matrices=False)
+    (expected,) = torch.autograd.grad(((u @ vh) * weights).sum(), raw)
+    torch.testing.assert_close(grad, expected, rtol=0, atol=1e-12)
+    functional = torch.func.grad(lambda q: (orthonormalize(q) * weights).sum())(raw.detach())
+    torch.testing.assert_close(functional, grad, rtol=0, atol=0)
+
+
 def test_orthonormalize_refuses_what_it_cannot_orthonormalize():
     with pytest.raises(ValueError, match="linearly dependent"):
         orthonormalize(torch.ones(4, 2, dtype=F64))

@@ -28,11 +28,19 @@ def orthonormalize(q: Tensor, *, max_iter: int = MAX_ITER) -> Tensor:
     maps each singular value :math:`\sigma \mapsto \sigma (3 - \sigma^2) / 2` and keeps the
     singular vectors, so it converges (quadratically near the end) to :math:`U V^\top` for
     :math:`q = U \Sigma V^\top` when every :math:`\sigma \in (0, \sqrt 3)`. ``q`` is first divided
-    by :math:`\|q^\top q\|_F^{1/2} \ge \sigma_{\max}`, a scale that is detached from autograd
-    because the polar factor does not depend on it. The loop stops once
-    :math:`\|I - Q^\top Q\|_F \le \sqrt{\varepsilon}` of the dtype, after one more step (which
-    squares the error down to about :math:`\varepsilon`), so ``Q`` is orthonormal to machine
-    precision in float32 and float64. The steps run under autograd: the result is differentiable.
+    by :math:`\|q^\top q\|_F^{1/2} \ge \sigma_{\max}` (the polar factor does not depend on the
+    scale). The loop stops once :math:`\|I - Q^\top Q\|_F \le \sqrt{\varepsilon}` of the
+    dtype, after one more step (which squares the error down to about :math:`\varepsilon`), so
+    ``Q`` is orthonormal to machine precision in float32 and float64.
+
+    The gradient is the polar factor's own, not the unrolled iteration's (which would keep
+    every step for the backward pass): with :math:`q = Q H`, :math:`H = Q^\top q`,
+
+    .. math:: \bar q = (I - Q Q^\top)\, \bar Q H^{-1} + Q (B - B^\top),
+        \qquad B H + H B = Q^\top \bar Q,
+
+    from :math:`dQ = (I - QQ^\top)\, dq\, H^{-1} + Q\Omega`, :math:`\Omega H + H \Omega =
+    Q^\top dq - dq^\top Q` (the Sylvester equation solved in :math:`H`'s eigenbasis).
 
     Args:
         q: raw matrices, shape ``(*p, d, M)`` with ``M <= d``.
@@ -49,22 +57,44 @@ def orthonormalize(q: Tensor, *, max_iter: int = MAX_ITER) -> Tensor:
     d, m = q.shape[-2:]
     if m > d:
         raise ValueError(f"cannot make {m} orthonormal columns in dimension {d} (need M <= d)")
-    eye = torch.eye(m, dtype=q.dtype, device=q.device)
-    with torch.no_grad():
-        gram_norm = torch.linalg.matrix_norm(q.mT @ q)
-        scale = gram_norm.sqrt().clamp_min(torch.finfo(q.dtype).tiny)
-    q = q / scale[..., None, None]
-    tol = math.sqrt(torch.finfo(q.dtype).eps)
-    for _ in range(max_iter):
-        residual = eye - q.mT @ q
-        error = torch.linalg.matrix_norm(residual.detach()).max()
-        q = q + 0.5 * (q @ residual)
-        if bool(error <= tol):
-            return q
-    raise ValueError(
-        "the orthogonalization of Q did not converge: its raw matrix has linearly dependent "
-        "columns (rank < M) or non-finite entries"
-    )
+    return _PolarFactor.apply(q, max_iter)
+
+
+class _PolarFactor(torch.autograd.Function):
+    """:func:`orthonormalize`'s iteration forward, the polar factor's derivative backward."""
+
+    @staticmethod
+    def forward(q: Tensor, max_iter: int) -> Tensor:
+        eye = torch.eye(q.shape[-1], dtype=q.dtype, device=q.device)
+        scale = torch.linalg.matrix_norm(q.mT @ q).sqrt().clamp_min(torch.finfo(q.dtype).tiny)
+        p = q / scale[..., None, None]
+        tol = math.sqrt(torch.finfo(q.dtype).eps)
+        for _ in range(max_iter):
+            residual = eye - p.mT @ p
+            error = torch.linalg.matrix_norm(residual).max()
+            p = p + 0.5 * (p @ residual)
+            if bool(error <= tol):
+                return p
+        raise ValueError(
+            "the orthogonalization of Q did not converge: its raw matrix has linearly dependent "
+            "columns (rank < M) or non-finite entries"
+        )
+
+    @staticmethod
+    def setup_context(ctx, inputs: tuple[Tensor, int], output: Tensor) -> None:
+        ctx.save_for_backward(inputs[0], output)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        q, p = ctx.saved_tensors
+        h = p.mT @ q
+        lam, v = torch.linalg.eigh(0.5 * (h + h.mT))  # H = V diag(λ) Vᵀ, λ = singular values
+        a = v.mT @ (p.mT @ grad) @ v
+        b = v @ (a / (lam[..., :, None] + lam[..., None, :])) @ v.mT
+        h_inv = (v / lam[..., None, :]) @ v.mT
+        grad_q = (grad - p @ (p.mT @ grad)) @ h_inv + p @ (b - b.mT)
+        return grad_q, None
 
 
 def householder(v: Tensor) -> Tensor:
