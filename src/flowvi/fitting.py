@@ -42,9 +42,9 @@ def fit(
     every seed we tried; the paper's T = 10,000 with 1e-3 drops a mode of U1 on some seeds.
 
     ``compile=True`` (Adam only) runs each step, from the samples to the parameter update, as
-    one compiled graph (:class:`flowvi.fused.FusedAdamStep`): about 6× faster steps for planar
-    K = 32, after a compile of one to three minutes on a CPU (seconds when inductor's cache
-    holds the graph, e.g. for another seed), so it pays off for long or repeated fits. The
+    one compiled graph (:class:`flowvi.fused.FusedAdamStep`): 4.6× faster steps for planar
+    K = 32, after a compile of about a minute and a half on a CPU (seconds when inductor's
+    cache holds the graph, e.g. for another seed), so it pays off for long or repeated fits. The
     samples then come from inductor's generator: reproducible under ``torch.manual_seed``,
     but not the eager run's. Flows that cannot be one graph train eagerly, with a warning.
 
