@@ -115,7 +115,7 @@ def test_a_flow_that_cannot_be_compiled_trains_eagerly_with_a_warning():
 
 def test_relu_compiled_form_is_exact():
     """Compiled, ReLU is (x + |x|) / 2: the same values, +0 for negatives, the same gradient
-    away from 0."""
+    away from 0; eager, it is torch.relu."""
     x = torch.tensor([-3.5, -1e-300, 0.0, 1e-300, 2.25, 1e300], dtype=torch.float64)
     relu = torch.compile(ReLU(), fullgraph=True)
     y = relu(x)
@@ -124,6 +124,10 @@ def test_relu_compiled_form_is_exact():
     x = torch.randn(50, dtype=torch.float64, requires_grad=True)
     (grad,) = torch.autograd.grad(relu(x).sum(), x)
     torch.testing.assert_close(grad, (x > 0).double(), rtol=0, atol=0)
+    # at exactly 0 the two forms differ (subgradients 1/2 and 0): the compiled one is used
+    zero = torch.zeros(2, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.grad(relu(zero).sum(), zero)[0].tolist() == [0.5, 0.5]
+    assert torch.autograd.grad(ReLU()(zero).sum(), zero)[0].tolist() == [0.0, 0.0]
 
 
 def test_compiled_reverse_kl_fit_is_reproducible_resumes_and_learns(tmp_path):

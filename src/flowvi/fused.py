@@ -11,6 +11,7 @@ kernel. :func:`flowvi.train.train` uses it with ``compile=True``.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Callable, Mapping
 
@@ -18,6 +19,15 @@ import torch
 from torch import Tensor, nn
 
 Loss = Callable[..., tuple[Tensor, Mapping[str, Tensor]]]
+
+
+def _unguarded() -> contextlib.AbstractContextManager:
+    """A context in which Dynamo checks no guards (torch >= 2.7); otherwise one that does
+    nothing."""
+    try:
+        return torch.compiler.set_stance(skip_guard_eval_unsafe=True)
+    except (AttributeError, TypeError):
+        return contextlib.nullcontext()
 
 
 class BatchLoss:
@@ -122,7 +132,7 @@ class FusedAdamStep:
         with torch.no_grad():
             if key == self.shape:
                 try:
-                    with torch.compiler.set_stance(skip_guard_eval_unsafe=True):
+                    with _unguarded():
                         return self.compiled(self.lr, *inputs)
                 except RuntimeError:  # a guard failed (so nothing ran): check them all
                     return self.compiled(self.lr, *inputs)

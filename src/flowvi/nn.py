@@ -8,6 +8,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+_is_compiling = getattr(torch.compiler, "is_compiling", lambda: False)  # torch >= 2.3
+
 
 def _with_context(x: Tensor, context: Tensor | None) -> Tensor:
     """``x: (*batch, n)`` with the context ``(*cbatch, c)`` broadcast and appended."""
@@ -29,7 +31,7 @@ class ReLU(nn.ReLU):
     """
 
     def forward(self, x: Tensor) -> Tensor:
-        if torch.compiler.is_compiling():
+        if _is_compiling():
             return (x + x.abs()) * 0.5
         return torch.relu(x)
 
