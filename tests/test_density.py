@@ -206,8 +206,12 @@ def test_density_config_refuses_bad_settings():
         DensityConfig(flow="glow").validate()
 
 
-def test_compile_falls_back_to_eager_with_a_warning(monkeypatch):
-    """Where torch.compile fails (e.g. no C++ compiler), training goes on eagerly and gives
+@pytest.mark.parametrize(
+    ("case", "flow_name"), [("no compiler", "realnvp"), ("one graph", "planar")]
+)
+def test_compile_falls_back_to_eager_with_a_warning(monkeypatch, case, flow_name):
+    """Where torch.compile fails (e.g. no C++ compiler), or the step cannot be one graph
+    (planar layers invert by a data-dependent iteration), training goes on eagerly and gives
     the same fit as an eager run."""
 
     def broken(fn, **kwargs):
@@ -220,9 +224,10 @@ def test_compile_falls_back_to_eager_with_a_warning(monkeypatch):
     fits = []
     for compile in (False, True):
         torch.manual_seed(0)
-        flow = build("realnvp", 2, length=2, hidden=(8,)).double()
+        flow = build(flow_name, 2, length=2, hidden=(8,)).double()
         if compile:
-            monkeypatch.setattr(torch, "compile", broken)
+            if case == "no compiler":
+                monkeypatch.setattr(torch, "compile", broken)
             with pytest.warns(RuntimeWarning, match="torch.compile failed"):
                 trace, _ = fit_density(
                     flow, x, iters=5, batch_size=16, progress=False, compile=True
