@@ -118,7 +118,7 @@ class FusedAdamStep:
         self.compiled = torch.compile(
             self._step, fullgraph=True, dynamic=False, options={"size_asserts": False}
         )
-        self.shape: tuple | None = None
+        self.signature: tuple | None = None  # the inputs' shapes, dtypes, devices
         self.failed = False
 
     def __call__(
@@ -130,11 +130,13 @@ class FusedAdamStep:
         key = tuple((x.shape, x.dtype, x.device) for x in inputs)
         # no_grad outside: torch.func takes the gradient; nothing else is differentiated
         with torch.no_grad():
-            if key == self.shape:
+            if key == self.signature:
                 try:
                     with _unguarded():
                         return self.compiled(self.lr, *inputs)
-                except RuntimeError:  # a guard failed (so nothing ran): check them all
+                except RuntimeError as error:  # a guard failed, so nothing ran: check them all
+                    if "skip_guard_eval_unsafe" not in str(error):
+                        raise
                     return self.compiled(self.lr, *inputs)
             try:
                 out = self.compiled(self.lr, *inputs)
@@ -149,7 +151,7 @@ class FusedAdamStep:
                 )
                 self.failed = True
                 return None
-        self.shape = key
+        self.signature = key
         return out
 
     def _step(self, lr: Tensor, *inputs: Tensor) -> tuple[Tensor, Mapping[str, Tensor], Tensor]:
