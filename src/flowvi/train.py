@@ -180,8 +180,8 @@ def train(
     With ``compile=True`` (Adam only, and ``loss_fn`` a :class:`flowvi.fused.BatchLoss`) each
     step, from the loss to the parameter update, runs as one graph compiled by ``torch.compile``
     (:class:`flowvi.fused.FusedAdamStep`); the first step pays the compile time (tens of
-    seconds on a CPU). Where compiling fails (e.g. no C++ compiler) it warns and trains
-    eagerly from that step on.
+    seconds to minutes on a CPU, seconds once inductor's on-disk cache holds the graph). Where
+    compiling fails (e.g. no C++ compiler) it warns and trains eagerly from that step on.
 
     Returns:
         the loss at every iteration, shape ``(iters,)`` (NaN after an early stop).
