@@ -141,3 +141,14 @@ def test_compiled_reverse_kl_fit_is_reproducible_resumes_and_learns(tmp_path):
             x, log_q = flow.rsample_and_log_prob((20_000,))
             energies.append(float(free_energy(log_q, target.log_prob(x))))
     assert energies[1] < energies[0] - 0.5, energies
+
+
+def test_compiling_keeps_torch_distributions_validation_on():
+    """Dynamo turns torch.distributions' argument validation off for the whole process at its
+    first torch.compile; flowvi's compiled step turns it back on, so user input is still
+    checked afterwards."""
+    assert torch.distributions.Distribution._validate_args
+    flow, _ = _run(None, compile=True, iters=3)
+    assert torch.distributions.Distribution._validate_args
+    with pytest.raises(ValueError):
+        flow.log_prob(torch.tensor([[0.0, float("nan")]], dtype=torch.float64))

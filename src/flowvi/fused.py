@@ -13,12 +13,28 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 import torch
 from torch import Tensor, nn
+from torch.distributions import Distribution
 
 Loss = Callable[..., tuple[Tensor, Mapping[str, Tensor]]]
+
+
+@contextlib.contextmanager
+def _validation(*, enabled: bool | None) -> Iterator[None]:
+    """torch.distributions' default argument validation set to ``enabled`` inside (``None``:
+    left as it is), and back as it was after. Dynamo turns it off for the rest of the process
+    at the first ``torch.compile`` (``TorchPatcher.patch``), which would silently disable
+    every later check of user input, such as a NaN given to ``log_prob``."""
+    before = Distribution._validate_args
+    if enabled is not None:
+        Distribution.set_default_validate_args(enabled)
+    try:
+        yield
+    finally:
+        Distribution.set_default_validate_args(before)
 
 
 def _unguarded() -> contextlib.AbstractContextManager:
@@ -115,9 +131,10 @@ class FusedAdamStep:
         self.group = group
         self.objective = _Objective(model, loss)
         self.lr = torch.zeros((), dtype=torch.float64)
-        self.compiled = torch.compile(
-            self._step, fullgraph=True, dynamic=False, options={"size_asserts": False}
-        )
+        with _validation(enabled=None):
+            self.compiled = torch.compile(
+                self._step, fullgraph=True, dynamic=False, options={"size_asserts": False}
+            )
         self.signature: tuple | None = None  # the inputs' shapes, dtypes, devices
         self.failed = False
 
@@ -129,7 +146,7 @@ class FusedAdamStep:
         self.lr.fill_(lr)
         key = tuple((x.shape, x.dtype, x.device) for x in inputs)
         # no_grad outside: torch.func takes the gradient; nothing else is differentiated
-        with torch.no_grad():
+        with torch.no_grad(), _validation(enabled=False):
             if key == self.signature:
                 try:
                     with _unguarded():
