@@ -89,7 +89,7 @@ def key(r: dict) -> tuple:
 
 
 def settings_keys() -> tuple[str, ...]:
-    return ("data", "epochs", "warmup", "latent", "hidden", "batch_size", "eval_points")
+    return ("data", "epochs", "warmup", "latent", "hidden", "batch_size", "eval_points", "seed")
 
 
 def run_one(posterior: str, length: int, s: argparse.Namespace) -> dict:
@@ -108,6 +108,7 @@ def run_one(posterior: str, length: int, s: argparse.Namespace) -> dict:
         kl=s.kl,
     )
     suffix = "" if s.kl == "analytic" else f"-{s.kl}kl"
+    suffix += "" if s.seed == 0 else f"-seed{s.seed}"  # seed 0's runs keep their old names
     directory = s.runs / f"{s.data}-{posterior}-K{length}-e{s.epochs}{suffix}"
     train_info: dict = {}
     if not (directory / WEIGHTS).exists():
@@ -195,8 +196,9 @@ def table(records: list[dict], data: str) -> str:
         if base is not None and base.get("epoch_seconds") and r.get("epoch_seconds"):
             ratio = f"{r['epoch_seconds'] / base['epoch_seconds']:.2f}×"
         k = "" if r["posterior"] == "diagonal" else str(r["length"])
+        seed = f" (seed {r['seed']})" if r.get("seed", 0) else ""
         lines.append(
-            f"| {r['posterior']}{' (MC KL)' if r.get('kl') == 'mc' else ''} | {k} "
+            f"| {r['posterior']}{' (MC KL)' if r.get('kl') == 'mc' else ''}{seed} | {k} "
             f"| {r['parameters'] / 1e6:.2f}M | {r['epochs_run']} "
             f"| {r['test_neg_elbo']:.2f} ± {r['test_neg_elbo_se']:.2f} "
             f"| {r['test_nll']:.2f} ± {r['test_nll_se']:.2f} | {delta} "
