@@ -15,6 +15,7 @@ from flowvi.vae import (
     BernoulliDecoder,
     Encoder,
     LinearGaussianDecoder,
+    layer_statistics,
     log_likelihood,
     make_posterior,
 )
@@ -208,6 +209,41 @@ def _weights(directory):
     )
 
 
+def test_layer_statistics_split_the_flow_log_density_and_see_translations():
+    decoder, x = _linear_gaussian()
+    model = _vae(decoder, "planar", length=3)
+    with torch.no_grad():  # every layer far from the identity
+        for layer in model.posterior.layers:
+            layer.head.bias.normal_()
+    torch.manual_seed(5)
+    stats = layer_statistics(model, x, samples=50)
+    torch.manual_seed(5)
+    with torch.no_grad():
+        q = model.q(x)
+        z0 = q.base_dist.rsample((50,))
+        # the layers' ln|det| add up to ln q0(z0) - ln q(zK), q's density by the inverse
+        total = (q.base_dist.log_prob(z0) - q.log_prob(q.flow(z0))).mean()
+    assert len(stats) == 3
+    assert math.isclose(sum(s["ladj_mean"] for s in stats), float(total), abs_tol=1e-9)
+    assert all(s["ladj_sd"] > 0 and s["shift"] > 0 for s in stats)
+
+    # a saturated planar layer (tanh = 1 everywhere) translates by u_hat: ln|det| = 0
+    from flowvi.transforms import PlanarTransform
+
+    model = _vae(decoder, "planar", length=1)
+    u, w, b = torch.tensor([0.5, -1.0]), torch.tensor([0.0, 1e3]), torch.tensor([1e5])
+    with torch.no_grad():
+        model.posterior.layers[0].head.weight.zero_()
+        model.posterior.layers[0].head.bias.copy_(torch.cat([u, w, b]))
+        sigma = model.q(x).base_dist.stddev
+        u_hat = PlanarTransform(u.double(), w.double(), b.double()).u_hat
+    (stat,) = layer_statistics(model, x, samples=20)
+    assert stat["ladj_mean"] == 0 and stat["ladj_sd"] == 0
+    expected = (u_hat / sigma).pow(2).mean(-1).sqrt().mean()
+    assert math.isclose(stat["shift"], float(expected), rel_tol=1e-9)
+    assert layer_statistics(_vae(decoder, "diagonal"), x) == []
+
+
 def test_cli_train_eval_end_to_end_and_resume_equals_uninterrupted(tmp_path, capsys):
     import json
 
@@ -238,6 +274,7 @@ def test_cli_train_eval_end_to_end_and_resume_equals_uninterrupted(tmp_path, cap
     # the importance-sampled bound is tighter than the ELBO (in expectation, per image)
     assert metrics["test_nll"] < metrics["test_neg_elbo"] + 3 * metrics["test_neg_elbo_se"]
     assert 0 < metrics["test_nll"] < 64 * math.log(2)  # better than coin flips per pixel
+    assert len(metrics["layers"]) == 2  # what each of the K = 2 planar layers does
     config = json.loads((full / "config.json").read_text())
     assert config["posterior"] == "planar" and config["binarize"] == "dynamic"
 

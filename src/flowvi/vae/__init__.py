@@ -1,6 +1,6 @@
 """Amortized variational inference: VAEs whose encoder outputs the flow of the posterior."""
 
-from flowvi.vae.evaluate import log_likelihood, mean_and_se, mean_elbo
+from flowvi.vae.evaluate import layer_statistics, log_likelihood, mean_and_se, mean_elbo
 from flowvi.vae.latent2d import posterior_grids
 from flowvi.vae.model import VAE
 from flowvi.vae.networks import (
@@ -29,6 +29,7 @@ __all__ = [
     "LinearGaussianDecoder",
     "NonlinearPCA",
     "PixelLikelihood",
+    "layer_statistics",
     "log_likelihood",
     "make_posterior",
     "make_prior",

@@ -29,7 +29,13 @@ from flowvi.run import DTYPES, resolve_device
 from flowvi.train import EarlyStopping, make_optimizer, train
 from flowvi.vae.data import BINARIZATIONS, DATASETS, BinarySplits, load_binary
 from flowvi.vae.distributed import DataParallel, world_size
-from flowvi.vae.evaluate import log_likelihood, mean_and_se, mean_elbo
+from flowvi.vae.evaluate import (
+    importance_diagnostics,
+    layer_statistics,
+    log_likelihood,
+    mean_and_se,
+    mean_elbo,
+)
 from flowvi.vae.model import VAE
 from flowvi.vae.networks import (
     LIKELIHOODS,
@@ -368,7 +374,9 @@ def evaluate_vae(
     With a 2-D latent space, ``posterior2d.png`` draws :math:`q(z \mid x)` and the true
     posterior of the first 4 test images exactly on grids, beside those of the runs in
     ``compare`` (e.g. a diagonal posterior against a flow; :mod:`flowvi.vae.latent2d`), and
-    ``metrics["latent2d"]`` holds the grids' ln p(x) and KL(q || p(z|x)) per image.
+    ``metrics["latent2d"]`` holds the grids' ln p(x) and KL(q || p(z|x)) per image. A flow
+    posterior's ``metrics["layers"]`` says what each layer does on the first 1000 test images
+    (:func:`flowvi.vae.evaluate.layer_statistics`).
     ``progress``: a progress bar over the importance-sampled test images (tqdm).
 
     Raises:
@@ -404,9 +412,9 @@ def evaluate_vae(
         )
         + f" ({config.likelihood}); nll = -ln p(x) by importance sampling (IWAE bound)",
     }
-    from flowvi.vae.evaluate import importance_diagnostics  # PSIS k-hat of q(z|x) per image
-
-    metrics |= importance_diagnostics(model, x[:1000], samples=1000)
+    metrics |= importance_diagnostics(model, x[:1000], samples=1000)  # PSIS k-hat per image
+    if len(model.posterior.layers) > 0:
+        metrics["layers"] = layer_statistics(model, x[:1000])
     if config.latent == 2 or compare:
         metrics["latent2d"] = _latent_figure(model, config, splits, directory, others)
     train_json = Path(directory) / "train.json"
