@@ -135,31 +135,31 @@ def layer_statistics(
     """
     check_dim(samples, "samples")
     check_dim(batch_size, "batch_size")
-    ladjs: list[list[Tensor]] = []
-    shifts: list[list[Tensor]] = []
+    ladjs, shifts = [], []  # per batch: (K, samples × b)
     for xb in x.split(batch_size):
         q = model.q(xb)
         sigma = q.base_dist.stddev
         z = q.base_dist.rsample((samples,))
-        for k, part in enumerate(q.flow.parts):
+        ladj_k, shift_k = [], []
+        for part in q.flow.parts:
             y, ladj = part.call_and_ladj(z)
-            if k == len(ladjs):
-                ladjs.append([])
-                shifts.append([])
-            ladjs[k].append(torch.broadcast_to(ladj, y.shape[:-1]).reshape(-1).double())
-            shifts[k].append(((y - z) / sigma).pow(2).mean(-1).sqrt().reshape(-1).double())
+            ladj_k.append(torch.broadcast_to(ladj, y.shape[:-1]).reshape(-1))
+            shift_k.append(((y - z) / sigma).pow(2).mean(-1).sqrt().reshape(-1))
             z = y
-    out = []
-    for ladj_parts, shift_parts in zip(ladjs, shifts, strict=True):
-        ladj = torch.cat(ladj_parts)
-        out.append(
-            {
-                "ladj_mean": float(ladj.mean()),
-                "ladj_sd": float(ladj.std()) if ladj.numel() > 1 else math.nan,
-                "shift": float(torch.cat(shift_parts).mean()),
-            }
-        )
-    return out
+        if ladj_k:
+            ladjs.append(torch.stack(ladj_k))
+            shifts.append(torch.stack(shift_k))
+    if not ladjs:
+        return []
+    ladj, shift = torch.cat(ladjs, 1).double(), torch.cat(shifts, 1).double()
+    return [
+        {
+            "ladj_mean": float(a.mean()),
+            "ladj_sd": float(a.std()) if a.numel() > 1 else math.nan,
+            "shift": float(m.mean()),
+        }
+        for a, m in zip(ladj, shift, strict=True)
+    ]
 
 
 @torch.no_grad()
