@@ -78,6 +78,7 @@ def settings(s: argparse.Namespace) -> dict:
         "eval_samples": s.eval_samples,
         "seed": s.seed,
         "kl": s.kl,
+        "lr": s.lr,
     }
 
 
@@ -85,6 +86,7 @@ def key(r: dict) -> tuple:
     return (
         *(str(r[k]) for k in ("posterior", "length", *settings_keys())),
         r.get("kl", "analytic"),
+        r.get("lr", 1e-3),
     )
 
 
@@ -106,9 +108,11 @@ def run_one(posterior: str, length: int, s: argparse.Namespace) -> dict:
         seed=s.seed,
         eval_samples=s.eval_samples,
         kl=s.kl,
+        lr=s.lr,
     )
     suffix = "" if s.kl == "analytic" else f"-{s.kl}kl"
-    suffix += "" if s.seed == 0 else f"-seed{s.seed}"  # seed 0's runs keep their old names
+    suffix += "" if s.seed == 0 else f"-seed{s.seed}"  # the defaults' runs keep their old names
+    suffix += "" if s.lr == 1e-3 else f"-lr{s.lr:g}"
     directory = s.runs / f"{s.data}-{posterior}-K{length}-e{s.epochs}{suffix}"
     train_info: dict = {}
     if not (directory / WEIGHTS).exists():
@@ -197,6 +201,7 @@ def table(records: list[dict], data: str) -> str:
             ratio = f"{r['epoch_seconds'] / base['epoch_seconds']:.2f}×"
         k = "" if r["posterior"] == "diagonal" else str(r["length"])
         seed = f" (seed {r['seed']})" if r.get("seed", 0) else ""
+        seed += f" (lr {r['lr']:g})" if r.get("lr", 1e-3) != 1e-3 else ""
         lines.append(
             f"| {r['posterior']}{' (MC KL)' if r.get('kl') == 'mc' else ''}{seed} | {k} "
             f"| {r['parameters'] / 1e6:.2f}M | {r['epochs_run']} "
@@ -294,6 +299,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--eval-points", type=int, default=500, help="test images for -ln p(x)")
     parser.add_argument("--eval-samples", type=int, default=5000, help="importance samples k")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--lr", type=float, default=1e-3, help="Adam's learning rate")
     parser.add_argument(
         "--kl", default="analytic", choices=["analytic", "mc"], help="KL of the training ELBO"
     )
