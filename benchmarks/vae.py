@@ -200,10 +200,10 @@ def table(records: list[dict], data: str) -> str:
         if base is not None and base.get("epoch_seconds") and r.get("epoch_seconds"):
             ratio = f"{r['epoch_seconds'] / base['epoch_seconds']:.2f}×"
         k = "" if r["posterior"] == "diagonal" else str(r["length"])
-        seed = f" (seed {r['seed']})" if r.get("seed", 0) else ""
-        seed += f" (lr {r['lr']:g})" if r.get("lr", 1e-3) != 1e-3 else ""
+        tags = f" (seed {r['seed']})" if r.get("seed", 0) else ""
+        tags += f" (lr {r['lr']:g})" if r.get("lr", 1e-3) != 1e-3 else ""
         lines.append(
-            f"| {r['posterior']}{' (MC KL)' if r.get('kl') == 'mc' else ''}{seed} | {k} "
+            f"| {r['posterior']}{' (MC KL)' if r.get('kl') == 'mc' else ''}{tags} | {k} "
             f"| {r['parameters'] / 1e6:.2f}M | {r['epochs_run']} "
             f"| {r['test_neg_elbo']:.2f} ± {r['test_neg_elbo_se']:.2f} "
             f"| {r['test_nll']:.2f} ± {r['test_nll_se']:.2f} | {delta} "
