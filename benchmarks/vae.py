@@ -214,6 +214,49 @@ def table(records: list[dict], data: str) -> str:
     return "\n".join(lines)
 
 
+def seed_table(records: list[dict], data: str) -> str:
+    """Each flow posterior's −ln p(x) minus that of the diagonal posterior trained with the
+    same seed and settings (epochs, learning rate, KL estimate): mean ± standard error of the
+    per-image differences, one column per seed, then the mean over seeds with its standard
+    error over seeds."""
+
+    def setting(r: dict) -> tuple:
+        return r["epochs"], r.get("lr", 1e-3), r.get("kl", "analytic"), r["eval_points"]
+
+    group = [r for r in records if r["data"] == data]
+    diagonal = {(setting(r), r["seed"]): r for r in group if r["posterior"] == "diagonal"}
+    rows: dict[tuple, dict[int, float]] = {}
+    cells: dict[tuple, dict[int, str]] = {}
+    for r in group:
+        base = diagonal.get((setting(r), r["seed"]))
+        if r["posterior"] == "diagonal" or base is None:
+            continue
+        diff = torch.tensor(r["nll_per_image"]) - torch.tensor(base["nll_per_image"])
+        m, se = mean_and_se(diff)
+        row = (r["posterior"], r["length"], *setting(r)[:3])
+        rows.setdefault(row, {})[r["seed"]] = m
+        cells.setdefault(row, {})[r["seed"]] = f"{m:+.2f} ± {se:.2f}"
+    seeds = sorted({seed for row in rows.values() for seed in row})
+    lines = [
+        "| posterior | K | epochs | lr | KL | "
+        + " | ".join(f"seed {seed}" for seed in seeds)
+        + " | mean over seeds |",
+        "|---|---:|---:|---:|---|" + "---:|" * (len(seeds) + 1),
+    ]
+    for row, by_seed in rows.items():
+        means = torch.tensor(list(by_seed.values()), dtype=torch.float64)
+        overall = ""
+        if len(means) > 1:
+            overall = f"{means.mean():+.2f} (SE {means.std() / math.sqrt(len(means)):.2f})"
+        posterior, length, epochs, lr, kl = row
+        lines.append(
+            f"| {posterior} | {length} | {epochs} | {lr:g} | {kl} | "
+            + " | ".join(cells[row].get(seed, "") for seed in seeds)
+            + f" | {overall} |"
+        )
+    return "\n".join(lines)
+
+
 def timing(s: argparse.Namespace) -> list[dict]:
     """Per-step training time of each posterior, robust to a shared machine's load.
 
@@ -313,6 +356,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--timing-steps", type=int, default=20)
     parser.add_argument("--markdown", action="store_true", help="print the table")
     parser.add_argument(
+        "--by-seed",
+        action="store_true",
+        help="only print the per-seed differences from the diagonal posterior of --out's records",
+    )
+    parser.add_argument(
         "--smoke", action="store_true", help="digits, 2 epochs, k = 50: checks the script"
     )
     s = parser.parse_args(argv)
@@ -331,6 +379,9 @@ def main(argv=None) -> None:
         print(timing_table(records))
         return
     records = load_records(s.out)
+    if s.by_seed:
+        print(seed_table(records, s.data))
+        return
     done = {key(r) for r in records}
     for posterior in s.posteriors:
         length = lengths(s)[posterior]
