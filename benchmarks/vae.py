@@ -225,17 +225,14 @@ def seed_table(records: list[dict], data: str) -> str:
 
     group = [r for r in records if r["data"] == data]
     diagonal = {(setting(r), r["seed"]): r for r in group if r["posterior"] == "diagonal"}
-    rows: dict[tuple, dict[int, float]] = {}
-    cells: dict[tuple, dict[int, str]] = {}
+    rows: dict[tuple, dict[int, tuple[float, float]]] = {}
     for r in group:
         base = diagonal.get((setting(r), r["seed"]))
         if r["posterior"] == "diagonal" or base is None:
             continue
         diff = torch.tensor(r["nll_per_image"]) - torch.tensor(base["nll_per_image"])
-        m, se = mean_and_se(diff)
         row = (r["posterior"], r["length"], *setting(r)[:3])
-        rows.setdefault(row, {})[r["seed"]] = m
-        cells.setdefault(row, {})[r["seed"]] = f"{m:+.2f} ± {se:.2f}"
+        rows.setdefault(row, {})[r["seed"]] = mean_and_se(diff)
     seeds = sorted({seed for row in rows.values() for seed in row})
     lines = [
         "| posterior | K | epochs | lr | KL | "
@@ -244,14 +241,17 @@ def seed_table(records: list[dict], data: str) -> str:
         "|---|---:|---:|---:|---|" + "---:|" * (len(seeds) + 1),
     ]
     for row, by_seed in rows.items():
-        means = torch.tensor(list(by_seed.values()), dtype=torch.float64)
+        means = torch.tensor([m for m, _ in by_seed.values()], dtype=torch.float64)
         overall = ""
         if len(means) > 1:
             overall = f"{means.mean():+.2f} (SE {means.std() / math.sqrt(len(means)):.2f})"
         posterior, length, epochs, lr, kl = row
         lines.append(
             f"| {posterior} | {length} | {epochs} | {lr:g} | {kl} | "
-            + " | ".join(cells[row].get(seed, "") for seed in seeds)
+            + " | ".join(
+                f"{by_seed[seed][0]:+.2f} ± {by_seed[seed][1]:.2f}" if seed in by_seed else ""
+                for seed in seeds
+            )
             + f" | {overall} |"
         )
     return "\n".join(lines)
