@@ -73,10 +73,10 @@ def test_orthonormalize_is_differentiable_with_fewer_columns_than_rows():
     assert torch.autograd.gradcheck(orthonormalize, (raw,))
 
 
-@pytest.mark.parametrize("shape", [(3, 6, 6), (3, 7, 4), (2, 5, 1)])
+@pytest.mark.parametrize("shape", [(3, 6, 6), (3, 7, 4), (2, 5, 1), (2, 3, 5, 4)])
 def test_orthonormalize_gradient_is_the_polar_factors(shape):
     """The analytic backward equals autograd through the SVD's polar factor U Vᵀ, square and
-    tall, batched, and works under torch.func."""
+    tall, batched over one or two dimensions, and works under torch.func."""
     g = _gen(len(shape) + shape[-1])
     raw = torch.randn(*shape, generator=g, dtype=F64).requires_grad_()
     weights = torch.randn(*shape, generator=g, dtype=F64)
