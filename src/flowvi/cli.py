@@ -30,7 +30,7 @@ from flowvi.show import ShowConfig, run_show
 from flowvi.targets import ENERGIES, NAMES
 from flowvi.train import NonFiniteLossError
 from flowvi.transforms.transformers import TRANSFORMERS
-from flowvi.vae.run import VAEConfig, evaluate_vae, run_vae, vae_config
+from flowvi.vae.run import VAEConfig, evaluate_vae, posterior_label, run_vae, vae_config
 
 DEFAULTS = FitConfig()
 DENSITY_DEFAULTS = DensityConfig()
@@ -513,7 +513,7 @@ def _vae(args: argparse.Namespace) -> int:
         )
         return 0
     print(
-        f"{config.data}, {config.posterior} K={config.length}: validation -ELBO "
+        f"{config.data}, {posterior_label(config)}: validation -ELBO "
         f"{summary['valid_neg_elbo']:.3f} nats (best epoch {summary['best_epoch']}) -> {directory}"
     )
     return 0

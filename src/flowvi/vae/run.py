@@ -438,20 +438,21 @@ def _compared_runs(config: VAEConfig, compare, device: str) -> list[tuple[str, V
             raise ValueError(f"--compare {other}: its data or split differ from this run's")
         if c.latent != 2:
             raise ValueError(f"--compare {other}: its latent space is {c.latent}-D, not 2-D")
-        label = _posterior_label(c)
+        label = posterior_label(c)
         name = Path(other).name
         runs.append((label if name == c.posterior else f"{name}: {label}", m.eval()))
     return runs
 
 
-def _posterior_label(config: VAEConfig) -> str:
+def posterior_label(config: VAEConfig) -> str:
+    """``diagonal``, or the flow family and its length, e.g. ``planar K=10``."""
     return "diagonal" if config.posterior == "diagonal" else f"{config.posterior} K={config.length}"
 
 
 def _latent_figure(model, config, splits, directory, others) -> list[dict]:
     from flowvi.vae.latent2d import latent_figure
 
-    runs = [(_posterior_label(config), model), *others]
+    runs = [(posterior_label(config), model), *others]
     x = splits.test[:4].to(next(model.parameters()))
     path = Path(directory) / "posterior2d.png"
     return latent_figure(runs, x, path, image_shape=splits.image_shape)
