@@ -304,11 +304,12 @@ def test_kl_warm_up_may_start_from_zero():
 
 def test_kl_estimate_is_a_setting(tmp_path):
     """``--kl mc`` trains the diagonal posterior with the flows' Monte Carlo KL (the same
-    expectation as the analytic one, checked above, with more variance)."""
+    expectation as the analytic one, checked above, with more variance); ``--kl split`` is a
+    setting of the saved model."""
     import json
 
     from flowvi.cli import main
-    from flowvi.vae.run import VAEConfig
+    from flowvi.vae.run import VAEConfig, load_vae
 
     with pytest.raises(ValueError, match="KL estimate"):
         VAEConfig(kl="exact").validate()
@@ -316,3 +317,38 @@ def test_kl_estimate_is_a_setting(tmp_path):
     flags = ["--posterior", "diagonal", "--latent", "2", "--hidden", "16", "--epochs", "1"]
     assert main(["vae", "train", *flags, "--kl", "mc", "--quiet", "--out", str(out)]) == 0
     assert json.loads((out / "config.json").read_text())["kl"] == "mc"
+    out = tmp_path / "split"
+    flags[1] = "planar"
+    assert main(["vae", "train", *flags, "--kl", "split", "--quiet", "--out", str(out)]) == 0
+    model, config = load_vae(out)
+    assert config.kl == "split" and model.split_kl
+
+
+@pytest.mark.parametrize("beta", [1.0, 0.3])
+def test_split_kl_replaces_the_base_log_ratio_by_its_closed_form(beta):
+    """With the same noise, the split estimate differs from the Monte Carlo one by exactly
+    β (ln q0(z0) - ln p(z0) - KL(q0 || p)), whose expectation under q0 is 0: the same ELBO in
+    expectation, the base's KL in closed form. A diagonal posterior is unaffected."""
+    from torch.distributions import kl_divergence
+
+    decoder, x = _linear_gaussian()
+    torch.manual_seed(0)
+    model = _vae(decoder, "planar", length=3)
+    noise = torch.randn(5, len(x), 2, dtype=torch.float64)
+    with torch.no_grad():
+        mc = model.elbo(x, samples=5, beta=beta, noise=noise)
+        model.split_kl = True
+        split = model.elbo(x, samples=5, beta=beta, noise=noise)
+        q0 = model.posterior.base(model.encoder(x))
+        z0 = q0.mean + noise * q0.stddev
+        p = model.prior()
+        expected = beta * ((q0.log_prob(z0) - p.log_prob(z0)).mean(0) - kl_divergence(q0, p))
+        torch.testing.assert_close(split - mc, expected, atol=1e-10, rtol=0)
+        assert (expected.abs() > 1e-3).all()  # the two estimates do differ sample by sample
+        assert torch.allclose(
+            model.elbo(x, samples=5, beta=beta, noise=noise, analytic=False), mc, atol=0, rtol=0
+        )
+        diagonal = _vae(decoder, "diagonal")
+        plain = diagonal.elbo(x, samples=5, beta=beta, noise=noise)
+        diagonal.split_kl = True
+        assert torch.equal(diagonal.elbo(x, samples=5, beta=beta, noise=noise), plain)

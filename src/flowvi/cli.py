@@ -30,7 +30,7 @@ from flowvi.show import ShowConfig, run_show
 from flowvi.targets import ENERGIES, NAMES
 from flowvi.train import NonFiniteLossError
 from flowvi.transforms.transformers import TRANSFORMERS
-from flowvi.vae.run import VAEConfig, evaluate_vae, posterior_label, run_vae, vae_config
+from flowvi.vae.run import KLS, VAEConfig, evaluate_vae, posterior_label, run_vae, vae_config
 
 DEFAULTS = FitConfig()
 DENSITY_DEFAULTS = DensityConfig()
@@ -366,8 +366,9 @@ def _vae_parser(commands) -> None:
     option("--samples", type=int, help="latent samples per image (k of IWAE)")
     option(
         "--kl",
-        choices=["analytic", "mc"],
-        help="KL of the training ELBO: analytic where exact, or Monte Carlo for every posterior",
+        choices=list(KLS),
+        help="KL of the ELBO: analytic where exact, Monte Carlo for every posterior (mc), or "
+        "split: a flow posterior's base KL in closed form and the flow's share sampled",
     )
     option("--epochs", type=int, help="maximum training epochs")
     option("--batch-size", type=int, help="images per iteration")

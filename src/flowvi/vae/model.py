@@ -24,6 +24,8 @@ class VAE(nn.Module):
             :class:`flowvi.flows.NormalizingFlow` over ``d`` latents trained with the model
             (see :func:`flowvi.vae.make_prior`); its weights are ``prior_flow.*`` in the
             state dict.
+        split_kl: estimate a flow posterior's KL in :meth:`elbo` as the base's closed-form
+            KL plus the flow's sampled share (``flowvi vae train --kl split``).
 
     Raises:
         ValueError: if the prior's event shape differs from the posterior's.
@@ -36,9 +38,11 @@ class VAE(nn.Module):
         decoder: nn.Module,
         *,
         prior: NormalizingFlow | None = None,
+        split_kl: bool = False,
     ) -> None:
         super().__init__()
         self.encoder, self.posterior, self.decoder = encoder, posterior, decoder
+        self.split_kl = split_kl
         self.d = posterior.event_shape[-1]
         if prior is not None and tuple(prior.event_shape) != (self.d,):
             raise ValueError(
@@ -105,13 +109,30 @@ class VAE(nn.Module):
         With ``analytic``, a diagonal posterior and the standard-normal prior, the KL is exact
         (:math:`\mathrm{KL} = \frac12 \sum_j (\mu_j^2 + \sigma_j^2 - 1 - \ln \sigma_j^2)`) and
         only :math:`E_q \ln p(x \mid z)` is sampled; with a flow posterior or a flow prior it
-        is estimated by Monte Carlo, since :math:`\mathrm{KL}(q \| p)` has no closed form.
+        is estimated by Monte Carlo, :math:`\ln q(z) - \ln p(z)` at the samples, since
+        :math:`\mathrm{KL}(q \| p)` has no closed form. A flow posterior with ``split_kl``
+        (and ``analytic``, the standard-normal prior) uses instead
+
+        .. math:: \mathrm{KL}(q \| p) = \mathrm{KL}(q_0 \| p)
+            + E_{q_0}\big[\ln p(z_0) - \ln p(z_K) - \ln|\det J_f(z_0)|\big],
+
+        from :math:`\ln q(z_K) = \ln q_0(z_0) - \ln|\det J_f(z_0)|`: the base's KL in closed
+        form and only the flow's share sampled, the same expectation.
         """
         if analytic and self.flowless:
             q0 = self.posterior.base(self.encoder(x))
             z = q0.rsample((samples,)) if noise is None else q0.mean + noise * q0.stddev
             log_lik = self.decoder(z).log_prob(x).mean(0)
             return log_lik - beta * kl_divergence(q0, self.prior())
+        if analytic and self.split_kl and self.prior_flow is None:
+            q = self.q(x)
+            q0 = q.base_dist
+            z0 = q0.rsample((samples,)) if noise is None else q0.mean + noise * q0.stddev
+            z, ladj = q.flow.call_and_ladj(z0)
+            p = self.prior()
+            flow_share = p.log_prob(z0) - p.log_prob(z) - ladj
+            log_lik = self.decoder(z).log_prob(x)
+            return (log_lik - beta * flow_share).mean(0) - beta * kl_divergence(q0, p)
         return elbo(*self.terms(x, samples, noise=noise), beta=beta)
 
     def iwae(self, x: Tensor, samples: int, *, noise: Tensor | None = None) -> Tensor:
