@@ -117,22 +117,21 @@ class VAE(nn.Module):
             + E_{q_0}\big[\ln p(z_0) - \ln p(z_K) - \ln|\det J_f(z_0)|\big],
 
         from :math:`\ln q(z_K) = \ln q_0(z_0) - \ln|\det J_f(z_0)|`: the base's KL in closed
-        form and only the flow's share sampled, the same expectation.
+        form and only the flow's share sampled, the same expectation (for a diagonal
+        posterior the share is 0 and this is the exact KL above).
         """
-        if analytic and self.flowless:
-            q0 = self.posterior.base(self.encoder(x))
-            z = q0.rsample((samples,)) if noise is None else q0.mean + noise * q0.stddev
-            log_lik = self.decoder(z).log_prob(x).mean(0)
-            return log_lik - beta * kl_divergence(q0, self.prior())
-        if analytic and self.split_kl and self.prior_flow is None:
+        if analytic and (self.flowless or (self.split_kl and self.prior_flow is None)):
             q = self.q(x)
             q0 = q.base_dist
             z0 = q0.rsample((samples,)) if noise is None else q0.mean + noise * q0.stddev
-            z, ladj = q.flow.call_and_ladj(z0)
             p = self.prior()
+            kl0 = kl_divergence(q0, p)
+            if self.flowless:  # the flow's share is 0: nothing more to sample
+                return self.decoder(z0).log_prob(x).mean(0) - beta * kl0
+            z, ladj = q.flow.call_and_ladj(z0)
             flow_share = p.log_prob(z0) - p.log_prob(z) - ladj
             log_lik = self.decoder(z).log_prob(x)
-            return (log_lik - beta * flow_share).mean(0) - beta * kl_divergence(q0, p)
+            return (log_lik - beta * flow_share).mean(0) - beta * kl0
         return elbo(*self.terms(x, samples, noise=noise), beta=beta)
 
     def iwae(self, x: Tensor, samples: int, *, noise: Tensor | None = None) -> Tensor:
