@@ -51,6 +51,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import finite, fmt, load_records, one_thread, save_records
 
 import flowvi
+from flowvi.fused import BatchLoss, FusedAdamStep
 from flowvi.train import CHECKPOINT, train
 from flowvi.vae.evaluate import log_likelihood, mean_and_se, mean_elbo
 from flowvi.vae.run import KLS, WEIGHTS, VAEConfig, _splits, load_vae, make_vae, run_vae
@@ -80,6 +81,7 @@ def settings(s: argparse.Namespace) -> dict:
         "seed": s.seed,
         "kl": s.kl,
         "lr": s.lr,
+        "flow_context": s.flow_context,
     }
 
 
@@ -88,6 +90,7 @@ def key(r: dict) -> tuple:
         *(str(r[k]) for k in ("posterior", "length", *settings_keys())),
         r.get("kl", "analytic"),
         r.get("lr", 1e-3),
+        r.get("flow_context"),
     )
 
 
@@ -110,10 +113,13 @@ def run_one(posterior: str, length: int, s: argparse.Namespace) -> dict:
         eval_samples=s.eval_samples,
         kl=s.kl,
         lr=s.lr,
+        flow_context=s.flow_context,
+        compile=s.compile,
     )
     suffix = "" if s.kl == "analytic" else f"-{s.kl}kl"
     suffix += "" if s.seed == 0 else f"-seed{s.seed}"  # the defaults' runs keep their old names
     suffix += "" if s.lr == 1e-3 else f"-lr{s.lr:g}"
+    suffix += "" if s.flow_context is None else f"-context{s.flow_context}"
     directory = s.runs / f"{s.data}-{posterior}-K{length}-e{s.epochs}{suffix}"
     train_info: dict = {}
     if not (directory / WEIGHTS).exists():
@@ -166,6 +172,7 @@ def run_one(posterior: str, length: int, s: argparse.Namespace) -> dict:
                 "python": platform.python_version(),
             },
             "machine": f"{platform.machine()}, {torch.get_num_threads()} thread(s)",
+            "compiled": s.compile,
             "config": {k: v for k, v in asdict(config).items() if k != "data_dir"},
         }
     )
@@ -175,6 +182,11 @@ def _read(path: Path) -> dict:
     import json
 
     return json.loads(path.read_text()) if path.exists() else {}
+
+
+def context_tag(r: dict) -> str:
+    """`` (context r)`` for a posterior whose layers read a projection of the context."""
+    return "" if r.get("flow_context") is None else f" (context {r['flow_context']})"
 
 
 def table(records: list[dict], data: str) -> str:
@@ -203,6 +215,7 @@ def table(records: list[dict], data: str) -> str:
         k = "" if r["posterior"] == "diagonal" else str(r["length"])
         tags = f" (seed {r['seed']})" if r.get("seed", 0) else ""
         tags += f" (lr {r['lr']:g})" if r.get("lr", 1e-3) != 1e-3 else ""
+        tags += context_tag(r)
         lines.append(
             f"| {r['posterior']}{KL_TAGS.get(r.get('kl'), '')}{tags} | {k} "
             f"| {r['parameters'] / 1e6:.2f}M | {r['epochs_run']} "
@@ -237,7 +250,7 @@ def seed_table(records: list[dict], data: str) -> str:
         if r["posterior"] == "diagonal" or base is None:
             continue
         diff = torch.tensor(r["nll_per_image"]) - torch.tensor(base["nll_per_image"])
-        row = (r["posterior"], r["length"], *setting(r)[:3])
+        row = (r["posterior"] + context_tag(r), r["length"], *setting(r)[:3])
         rows.setdefault(row, {})[r["seed"]] = mean_and_se(diff)
     seeds = sorted({seed for row in rows.values() for seed in row})
     lines = [
@@ -266,43 +279,45 @@ def seed_table(records: list[dict], data: str) -> str:
 def timing(s: argparse.Namespace) -> list[dict]:
     """Per-step training time of each posterior, robust to a shared machine's load.
 
-    Every model trains on the same ``--batch-size`` real training images with
-    :func:`flowvi.train.train` (fused Adam, NaN guard) in blocks of ``--timing-steps`` steps,
-    the posteriors taking turns for ``--timing-rounds`` rounds; the fastest block of each is
-    kept (load only ever slows a block down). s/epoch = ms/step × steps per epoch.
+    Every model trains on the same ``--batch-size`` real training images, eagerly with
+    :func:`flowvi.train.train` (fused Adam, NaN guard) or, with ``--compile``, by one compiled
+    step each (:class:`flowvi.fused.FusedAdamStep`, what ``train(compile=True)`` runs), in
+    blocks of ``--timing-steps`` steps, the posteriors taking turns for ``--timing-rounds``
+    rounds after one untimed block each (which compiles); the fastest block of each is kept
+    (load only ever slows a block down). s/epoch = ms/step × steps per epoch.
     """
-    config = VAEConfig(data=s.data, latent=s.latent, hidden=tuple(s.hidden), seed=s.seed)
+    config = VAEConfig(
+        data=s.data, latent=s.latent, hidden=tuple(s.hidden), seed=s.seed, lr=s.lr, kl=s.kl
+    )
     splits = _splits(config)
     x = splits.train[: s.batch_size].to(torch.float32)
     per_epoch = math.ceil(len(splits.train) / s.batch_size)
-    models = {}
+    blocks = {}
     for posterior in s.posteriors:
         torch.manual_seed(s.seed)
         length = lengths(s)[posterior]
-        models[posterior] = (
-            length,
-            make_vae(replace(config, posterior=posterior, length=length), x.shape[1]),
+        context = None if posterior == "diagonal" else s.flow_context
+        model = make_vae(
+            replace(config, posterior=posterior, length=length, flow_context=context), x.shape[1]
         )
-
-    best = dict.fromkeys(models, math.inf)
-    for warm_up in (True,) + (False,) * s.timing_rounds:  # one untimed block each first
-        for posterior, (_, model) in models.items():
-
-            def loss_fn(t: int, model=model) -> tuple[torch.Tensor, dict]:
-                bound = model.elbo(x)
-                return -bound.mean(), {"bound": bound}
-
+        blocks[posterior] = (length, model, _block(model, x, s))
+    best = dict.fromkeys(blocks, math.inf)
+    for warm_up in (True,) + (False,) * s.timing_rounds:
+        for posterior, (_, _, block) in blocks.items():
             start = time.perf_counter()
-            train(model, loss_fn, iters=s.timing_steps, progress=False)
+            block()
             if not warm_up:
                 seconds = (time.perf_counter() - start) / s.timing_steps
                 best[posterior] = min(best[posterior], seconds)
     records = []
-    for posterior, (length, model) in models.items():
+    for posterior, (length, model, _) in blocks.items():
         records.append(
             {
                 "posterior": posterior,
                 "length": length,
+                "flow_context": None if posterior == "diagonal" else s.flow_context,
+                "compiled": s.compile,
+                "kl": s.kl,
                 "data": s.data,
                 "batch_size": s.batch_size,
                 "latent": s.latent,
@@ -320,16 +335,35 @@ def timing(s: argparse.Namespace) -> list[dict]:
     return records
 
 
+def _block(model, x: torch.Tensor, s: argparse.Namespace):
+    """A function that runs ``--timing-steps`` training steps of ``model`` on the batch ``x``."""
+
+    def loss(xb: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        bound = model.elbo(xb)
+        return -bound.mean(), {"bound": bound}
+
+    if s.compile:
+        step = FusedAdamStep(model, loss, torch.optim.Adam(model.parameters(), lr=s.lr))
+
+        def block() -> None:
+            for _ in range(s.timing_steps):
+                step((x,), s.lr)
+
+        return block
+    return lambda: train(model, BatchLoss(lambda t: x, loss), iters=s.timing_steps, progress=False)
+
+
 def timing_table(records: list[dict]) -> str:
     lines = [
-        "| posterior | K | ms/step | s/epoch | ×diagonal |",
-        "|---|---:|---:|---:|---:|",
+        "| posterior | K | step | ms/step | s/epoch | ×diagonal |",
+        "|---|---:|---|---:|---:|---:|",
     ]
     for r in records:
         k = "" if r["posterior"] == "diagonal" else str(r["length"])
+        step = "compiled" if r.get("compiled") else "eager"
         lines.append(
-            f"| {r['posterior']} | {k} | {r['ms_per_step']:.1f} | {r['epoch_seconds']:.1f} "
-            f"| {fmt(r['ratio_to_diagonal'], '.2f×')} |"
+            f"| {r['posterior']}{context_tag(r)} | {k} | {step} | {r['ms_per_step']:.1f} "
+            f"| {r['epoch_seconds']:.1f} | {fmt(r['ratio_to_diagonal'], '.2f×')} |"
         )
     return "\n".join(lines)
 
@@ -351,6 +385,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--lr", type=float, default=1e-3, help="Adam's learning rate")
     parser.add_argument(
         "--kl", default="analytic", choices=list(KLS), help="KL of the training ELBO"
+    )
+    parser.add_argument(
+        "--flow-context",
+        type=int,
+        default=None,
+        help="flow layers read a projection of the context to this size (ProjectedPosterior)",
+    )
+    parser.add_argument(
+        "--compile", action="store_true", help="train (and time) compiled steps (torch.compile)"
     )
     parser.add_argument("--runs", type=Path, default=Path("runs/bench-vae"))
     parser.add_argument("--out", type=Path, default=RESULTS / "vae.json")

@@ -21,16 +21,19 @@ def _linear_gaussian(n: int = 5, seed: int = 0):
     return decoder, x
 
 
-def _vae(decoder, family: str) -> VAE:
+def _vae(decoder, family: str, flow_context: int | None = None) -> VAE:
     torch.manual_seed(0)  # an untrained encoder: a poor amortized q, a large amortization gap
-    posterior = make_posterior(family, 2, 8, length=2, hidden=(8,))
+    posterior = make_posterior(family, 2, 8, length=2, hidden=(8,), flow_context=flow_context)
     return VAE(Encoder(3, (8,)), posterior, decoder).double()
 
 
-@pytest.mark.parametrize("family", ["diagonal", "planar", "sylvester-o", "iaf"])
-def test_local_posterior_starts_at_the_amortized_posterior(family):
+@pytest.mark.parametrize(
+    ("family", "flow_context"),
+    [("diagonal", None), ("planar", None), ("sylvester-o", None), ("iaf", None), ("planar", 3)],
+)
+def test_local_posterior_starts_at_the_amortized_posterior(family, flow_context):
     decoder, x = _linear_gaussian()
-    model = _vae(decoder, family)
+    model = _vae(decoder, family, flow_context)
     local = LocalPosterior(model, x)
     eps = torch.randn(50, len(x), 2, dtype=F64)
     with torch.no_grad():

@@ -360,6 +360,12 @@ def _vae_parser(commands) -> None:
     option("--network", choices=["mlp", "conv"], help="mlp, or gated conv (28x28 or 8x8 images)")
     option("--hidden", type=_sizes, help="encoder hidden sizes (decoder mirrored), e.g. 300,300")
     option("--flow-hidden", type=_sizes, help="IAF MADE and flow prior hidden sizes")
+    option(
+        "--flow-context",
+        type=int,
+        help="the flow layers read a linear projection of the encoder's context to this size "
+        "(a low-rank amortization, cheaper heads; None: the context itself)",
+    )
     option("--prior", help="normal, or a flow family over N(0, I) trained with the VAE, e.g. maf")
     option("--prior-length", type=int, help="layers of the flow prior")
     option("--objective", choices=["elbo", "iwae"], help="training bound")
@@ -384,6 +390,12 @@ def _vae_parser(commands) -> None:
     option("--dtype", help="float32 or float64")
     option("--checkpoint-every", type=int, help="epochs between checkpoints")
     option("--eval-samples", type=int, help="importance samples k of vae eval")
+    option(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        help="run each training step as one compiled graph (Adam, one process; faster steps "
+        "after a compile of a minute or so on a CPU)",
+    )
     train.add_argument(
         "--out", type=Path, default=None, help="run directory (default: runs/vae-<date>-<time>)"
     )
@@ -496,8 +508,10 @@ def _vae(args: argparse.Namespace) -> int:
         return 0
     given = {f.name: getattr(args, f.name) for f in fields(VAEConfig) if hasattr(args, f.name)}
     if args.resume is not None:
-        if set(given) - {"epochs"}:
-            raise ValueError("with --resume only --epochs may be given: the run keeps its settings")
+        if set(given) - {"epochs", "compile"}:
+            raise ValueError(
+                "with --resume only --epochs and --compile may be given: the run keeps its settings"
+            )
         if not (args.resume / "config.json").exists():
             raise ValueError(f"cannot resume {args.resume}: it holds no flowvi run")
         config, directory = vae_config(args.resume, **given), args.resume

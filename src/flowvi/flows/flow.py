@@ -160,9 +160,13 @@ class NormalizingFlow(nn.Module, Distribution):
         q0 = self.base(context)
         if context is not None:
             q0 = q0.expand(torch.broadcast_shapes(q0.batch_shape, context.shape[:-1]))
-        return FlowDistribution(
-            q0, build_transforms(self.layers, context), validate_args=validate_args
-        )
+        layers = build_transforms(self.layers, self.layer_context(context))
+        return FlowDistribution(q0, layers, validate_args=validate_args)
+
+    def layer_context(self, context: Tensor | None) -> Tensor | None:
+        """The context the layers read, given the flow's: ``context`` itself here (the base
+        reads it too); a subclass may map it first (:class:`flowvi.vae.ProjectedPosterior`)."""
+        return context
 
     def rsample(
         self, sample_shape: torch.Size | Sequence[int] = _SHAPE, context: Tensor | None = None

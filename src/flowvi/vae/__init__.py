@@ -13,7 +13,7 @@ from flowvi.vae.networks import (
     PixelLikelihood,
 )
 from flowvi.vae.pca import NonlinearPCA
-from flowvi.vae.posterior import POSTERIORS, GaussianBase, make_posterior
+from flowvi.vae.posterior import POSTERIORS, GaussianBase, ProjectedPosterior, make_posterior
 from flowvi.vae.prior import PRIORS, make_prior
 
 __all__ = [
@@ -29,6 +29,7 @@ __all__ = [
     "LinearGaussianDecoder",
     "NonlinearPCA",
     "PixelLikelihood",
+    "ProjectedPosterior",
     "layer_statistics",
     "log_likelihood",
     "make_posterior",

@@ -61,7 +61,7 @@ class _Bound(nn.Module):
         *,
         objective: str,
         samples: int,
-        beta: float,
+        beta: float | Tensor,
         analytic: bool = True,
     ) -> Tensor:
         if objective == "iwae":
@@ -130,7 +130,7 @@ class DataParallel:
         *,
         objective: str,
         samples: int,
-        beta: float,
+        beta: float | Tensor,
         analytic: bool = True,
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """The negative bound of this rank's shard of the global batch ``x: (B, D)``.

@@ -175,6 +175,7 @@ class LocalPosterior(nn.Module):
             h = model.encoder(x)
             self.mean = nn.Parameter(posterior.base.mean(h).clone())
             self.scale = nn.Parameter(posterior.base.scale(h).clone())
+            h = posterior.layer_context(h)  # what the layers read
             self.raw = nn.ModuleList()
             self.kinds: list[str] = []
             for layer in posterior.layers:

@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from flowvi._checks import check_choice, check_dim
+from flowvi.fused import BatchLoss
 from flowvi.io import (
     CONFIG,
     atomic_write,
@@ -26,7 +27,7 @@ from flowvi.io import (
 )
 from flowvi.objectives import beta_schedule
 from flowvi.run import DTYPES, resolve_device
-from flowvi.train import EarlyStopping, make_optimizer, train
+from flowvi.train import EarlyStopping, check_compile, make_optimizer, train
 from flowvi.vae.data import BINARIZATIONS, DATASETS, BinarySplits, load_binary
 from flowvi.vae.distributed import DataParallel, world_size
 from flowvi.vae.evaluate import (
@@ -61,7 +62,9 @@ class VAEConfig:
     ``network``: ``mlp`` or ``conv`` (gated convolutional encoder and decoder for 28×28 or
     8×8 images, :class:`flowvi.vae.networks.ConvEncoder`; ``hidden`` is then unused).
     Sizes: ``hidden`` are the encoder's hidden layers (the last is the context ``h``), mirrored
-    by the decoder; ``flow_hidden`` the IAF MADEs' and the flow prior's networks. ``prior`` is
+    by the decoder; ``flow_hidden`` the IAF MADEs' and the flow prior's networks;
+    ``flow_context`` ``None`` (the flow layers read ``h``) or the size of a linear projection
+    of ``h`` that they read instead (:class:`flowvi.vae.ProjectedPosterior`). ``prior`` is
     ``normal`` or a flow family of ``prior_length`` layers (:func:`flowvi.vae.make_prior`).
     Time in epochs: ``warmup`` (β rises from ``beta0`` to 1 linearly), ``patience``
     (validation every epoch), ``checkpoint_every``.
@@ -72,6 +75,8 @@ class VAEConfig:
     ``split``: a flow posterior's KL as its base's closed-form KL plus the flow's sampled share
     (:meth:`flowvi.vae.VAE.elbo`), a setting of the model that its validation and test -ELBO
     use too (the same expectation).
+    ``compile``: run each training step as one graph compiled by ``torch.compile`` (Adam only,
+    one process; the same updates up to float rounding, after a compile of about a minute).
     ``likelihood``: ``bernoulli``, ``continuous-bernoulli`` or ``gaussian``
     (:class:`flowvi.vae.PixelLikelihood`); ``binarize`` ``None`` takes its own (``static`` for
     the Bernoulli, ``none``, grey levels, for the others). ``model = "nlpca"`` trains the
@@ -90,6 +95,7 @@ class VAEConfig:
     network: str = "mlp"
     hidden: tuple[int, ...] = (300, 300)
     flow_hidden: tuple[int, ...] = (320, 320)
+    flow_context: int | None = None
     prior: str = "normal"
     prior_length: int = 1
     objective: str = "elbo"
@@ -110,6 +116,7 @@ class VAEConfig:
     checkpoint_every: int = 1
     eval_samples: int = 5000
     eval_chunk: int = 500
+    compile: bool = False
 
     def __post_init__(self) -> None:
         if self.binarize is None:  # the likelihood's own: binary pixels for the Bernoulli
@@ -149,11 +156,14 @@ class VAEConfig:
             raise ValueError("--hidden needs at least one size (the encoder's context)")
         for size in (*self.hidden, *self.flow_hidden):
             check_dim(size, "hidden layer size")
+        if self.flow_context is not None:
+            check_dim(self.flow_context, "--flow-context")
         if self.warmup < 0:
             raise ValueError(f"--warmup must be >= 0 epochs, got {self.warmup}")
         if not 0 <= self.beta0 <= 1:
             raise ValueError(f"--beta0 must lie in [0, 1], got {self.beta0}")
         make_optimizer([torch.zeros(1, requires_grad=True)], self.optimizer, self.lr)
+        check_compile(compile=self.compile, optimizer=self.optimizer)
         resolve_device(self.device)
 
 
@@ -184,6 +194,7 @@ def make_vae(config: VAEConfig, D: int) -> VAE:
         encoder.context_dim,
         length=config.length,
         hidden=config.flow_hidden,
+        flow_context=config.flow_context,
     )
     prior = make_prior(
         config.prior, config.latent, length=config.prior_length, hidden=config.flow_hidden
@@ -235,6 +246,8 @@ def run_vae(
     config.validate()
     directory = run_directory(directory, resume=resume)
     device, dtype = resolve_device(config.device), DTYPES[config.dtype]
+    if config.compile and world_size() > 1:
+        raise ValueError("--compile trains in one process: run it without torchrun")
     ddp = DataParallel.start(device) if world_size() > 1 else None
     if ddp is not None:
         device, progress = ddp.device, progress and ddp.main
@@ -263,7 +276,8 @@ def run_vae(
     cache: dict[int, Tensor] = {}
     analytic = config.kl != "mc"
 
-    def loss_fn(t: int) -> tuple[Tensor, dict[str, Tensor]]:
+    def batch_of(t: int) -> tuple[Tensor, Tensor]:
+        """Iteration ``t``'s images and β (a 0-d tensor: a compiled step takes it as input)."""
         epoch, batch = divmod(t, per_epoch)
         if epoch not in cache:
             cache.clear()
@@ -272,9 +286,12 @@ def run_vae(
         x = train_x[index]
         if splits.dynamic:
             x = torch.bernoulli(x)
+        beta = beta_schedule(t, beta0=config.beta0, anneal_iters=anneal, allow_zero=True)
+        beta = 1.0 if config.objective == "iwae" else beta
+        return x, torch.tensor(beta, dtype=dtype, device=device)
+
+    def loss(x: Tensor, beta: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         if shared is not None:
-            beta = beta_schedule(t, beta0=config.beta0, anneal_iters=anneal, allow_zero=True)
-            beta = 1.0 if config.objective == "iwae" else beta
             return ddp.loss(
                 shared,
                 x,
@@ -286,7 +303,6 @@ def run_vae(
         if config.objective == "iwae":
             bound = model.iwae(x, config.samples)
         else:
-            beta = beta_schedule(t, beta0=config.beta0, anneal_iters=anneal, allow_zero=True)
             bound = model.elbo(x, samples=config.samples, beta=beta, analytic=analytic)
         return -bound.mean(), {"bound per image": bound}
 
@@ -299,7 +315,7 @@ def run_vae(
     start = time.perf_counter()
     trace = train(
         model,
-        loss_fn,
+        BatchLoss(batch_of, loss),
         iters=config.epochs * per_epoch,
         lr=config.lr,
         optimizer=config.optimizer,
@@ -312,6 +328,7 @@ def run_vae(
         early_stopping=stopper,
         iters_per_epoch=per_epoch,
         save=writes,
+        compile=config.compile,
     )
     seconds = time.perf_counter() - start
     if ddp is not None:
