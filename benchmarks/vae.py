@@ -68,7 +68,8 @@ def lengths(s: argparse.Namespace) -> dict[str, int]:
     return {p: short.get(p, s.length) for p in POSTERIORS}
 
 
-def settings(s: argparse.Namespace) -> dict:
+def settings(s: argparse.Namespace, posterior: str) -> dict:
+    """The settings of one run (a diagonal posterior has no flow context to project)."""
     return {
         "data": s.data,
         "epochs": s.epochs,
@@ -81,7 +82,7 @@ def settings(s: argparse.Namespace) -> dict:
         "seed": s.seed,
         "kl": s.kl,
         "lr": s.lr,
-        "flow_context": s.flow_context,
+        "flow_context": None if posterior == "diagonal" else s.flow_context,
     }
 
 
@@ -99,6 +100,7 @@ def settings_keys() -> tuple[str, ...]:
 
 
 def run_one(posterior: str, length: int, s: argparse.Namespace) -> dict:
+    context = settings(s, posterior)["flow_context"]
     config = VAEConfig(
         data=s.data,
         posterior=posterior,
@@ -113,13 +115,13 @@ def run_one(posterior: str, length: int, s: argparse.Namespace) -> dict:
         eval_samples=s.eval_samples,
         kl=s.kl,
         lr=s.lr,
-        flow_context=s.flow_context,
+        flow_context=context,
         compile=s.compile,
     )
     suffix = "" if s.kl == "analytic" else f"-{s.kl}kl"
     suffix += "" if s.seed == 0 else f"-seed{s.seed}"  # the defaults' runs keep their old names
     suffix += "" if s.lr == 1e-3 else f"-lr{s.lr:g}"
-    suffix += "" if s.flow_context is None else f"-context{s.flow_context}"
+    suffix += "" if context is None else f"-context{context}"
     directory = s.runs / f"{s.data}-{posterior}-K{length}-e{s.epochs}{suffix}"
     train_info: dict = {}
     if not (directory / WEIGHTS).exists():
@@ -149,7 +151,7 @@ def run_one(posterior: str, length: int, s: argparse.Namespace) -> dict:
         {
             "posterior": posterior,
             "length": length,
-            **settings(s),
+            **settings(s, posterior),
             "parameters": sum(p.numel() for p in model.parameters()),
             "n_train": len(splits.train),
             "n_test": len(x),
@@ -296,7 +298,7 @@ def timing(s: argparse.Namespace) -> list[dict]:
     for posterior in s.posteriors:
         torch.manual_seed(s.seed)
         length = lengths(s)[posterior]
-        context = None if posterior == "diagonal" else s.flow_context
+        context = settings(s, posterior)["flow_context"]
         model = make_vae(
             replace(config, posterior=posterior, length=length, flow_context=context), x.shape[1]
         )
@@ -315,7 +317,7 @@ def timing(s: argparse.Namespace) -> list[dict]:
             {
                 "posterior": posterior,
                 "length": length,
-                "flow_context": None if posterior == "diagonal" else s.flow_context,
+                "flow_context": settings(s, posterior)["flow_context"],
                 "compiled": s.compile,
                 "kl": s.kl,
                 "data": s.data,
@@ -434,7 +436,7 @@ def main(argv=None) -> None:
     done = {key(r) for r in records}
     for posterior in s.posteriors:
         length = lengths(s)[posterior]
-        probe = {"posterior": posterior, "length": length, **settings(s)}
+        probe = {"posterior": posterior, "length": length, **settings(s, posterior)}
         if key(probe) in done:
             continue
         record = run_one(posterior, length, s)
