@@ -304,6 +304,20 @@ def test_flow_context_projects_only_the_layers_context():
         make_posterior("planar", 3, 5, flow_context=0)
 
 
+def test_compile_is_refused_where_it_cannot_run(tmp_path, monkeypatch):
+    """--compile implements Adam in one process: other optimizers and torchrun are refused
+    before any work starts."""
+    import flowvi.vae.run as run
+    from flowvi.vae.run import VAEConfig, run_vae
+
+    with pytest.raises(ValueError, match="Adam"):
+        VAEConfig(compile=True, optimizer="rmsprop").validate()
+    monkeypatch.setattr(run, "world_size", lambda: 2)
+    with pytest.raises(ValueError, match="without torchrun"):
+        run_vae(VAEConfig(compile=True, epochs=1), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()  # nothing written
+
+
 def test_compiled_training_matches_eager(tmp_path):
     """``--compile`` runs the same training steps as one compiled graph: the same weights to
     float rounding (here a projected planar posterior with the split KL and KL warm-up)."""

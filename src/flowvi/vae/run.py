@@ -244,10 +244,10 @@ def run_vae(
 
         return run_nlpca(config, directory, resume=resume, progress=progress)
     config.validate()
-    directory = run_directory(directory, resume=resume)
-    device, dtype = resolve_device(config.device), DTYPES[config.dtype]
     if config.compile and world_size() > 1:
         raise ValueError("--compile trains in one process: run it without torchrun")
+    directory = run_directory(directory, resume=resume)
+    device, dtype = resolve_device(config.device), DTYPES[config.dtype]
     ddp = DataParallel.start(device) if world_size() > 1 else None
     if ddp is not None:
         device, progress = ddp.device, progress and ddp.main
