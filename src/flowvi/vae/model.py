@@ -125,8 +125,9 @@ class VAE(nn.Module):
             q0 = q.base_dist
             z0 = q0.rsample((samples,)) if noise is None else q0.mean + noise * q0.stddev
             p = self.prior()
-            mu, sigma = q0.mean, q0.stddev  # the closed form (torch.compile cannot trace the
-            kl0 = 0.5 * (mu**2 + sigma**2 - 1).sum(-1) - sigma.log().sum(-1)  # KL registry)
+            # KL(q0 || N(0, I)) in closed form (torch.compile cannot trace torch's KL registry)
+            mu, sigma = q0.mean, q0.stddev
+            kl0 = 0.5 * (mu**2 + sigma**2 - 1).sum(-1) - sigma.log().sum(-1)
             if self.flowless:  # the flow's share is 0: nothing more to sample
                 return self.decoder(z0).log_prob(x).mean(0) - beta * kl0
             z, ladj = q.flow.call_and_ladj(z0)
