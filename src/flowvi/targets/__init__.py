@@ -9,6 +9,7 @@ from flowvi.targets.base import FunctionTarget, Target
 from flowvi.targets.bayes import EightSchools, LogisticRegression
 from flowvi.targets.energies import ENERGIES, Energy, box_penalty
 from flowvi.targets.simple import Banana, Gaussian, GaussianMixture
+from flowvi.targets.sites import Site
 
 NAMES = [*ENERGIES, "gaussian", "mixture", "banana", "eight-schools", "logistic-regression"]
 
@@ -74,6 +75,7 @@ __all__ = [
     "Gaussian",
     "GaussianMixture",
     "LogisticRegression",
+    "Site",
     "Target",
     "box_penalty",
     "get",

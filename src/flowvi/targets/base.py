@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from flowvi._checks import check_dim
+from flowvi.targets.sites import Site, check_sites, constrain, vector_site
 
 Box = tuple[tuple[float, float], ...]
 
@@ -25,6 +26,9 @@ class Target(nn.Module):
         log_normalizer: the exact :math:`\ln Z = \ln \int \tilde p` in nats if known in closed
             form, else ``None`` (then :func:`flowvi.metrics.log_normalizer` computes it on a grid).
         normalizable: ``False`` if :math:`\int \tilde p = \infty`, so that no KL to it exists.
+        sites: the model's named parameters (:class:`flowvi.targets.Site`), in the order their
+            unconstrained slices appear in ``z``; by default one real vector ``z`` of shape
+            ``(d,)``. Summaries and :meth:`constrain` report the posterior per site.
     """
 
     def __init__(
@@ -35,11 +39,18 @@ class Target(nn.Module):
         box: Box | None = None,
         log_normalizer: float | None = None,
         normalizable: bool = True,
+        sites: Sequence[Site] | None = None,
     ) -> None:
         super().__init__()
         check_dim(dim)
         self.dim, self.name, self.box = dim, name, box
         self.log_normalizer, self.normalizable = log_normalizer, normalizable
+        self.sites = vector_site(dim) if sites is None else check_sites(sites, dim)
+
+    def constrain(self, z: Tensor) -> dict[str, Tensor]:
+        """The model's parameters at ``z: (*batch, d)``, by site name, each of shape
+        ``(*batch, *site.shape)`` in its constrained space (a scale positive, …)."""
+        return constrain(self.sites, z)
 
     def log_prob(self, z: Tensor) -> Tensor:
         """Unnormalized log density in nats, shape ``(*batch,)`` for ``z: (*batch, d)``.

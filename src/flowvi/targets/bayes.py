@@ -15,8 +15,10 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.distributions import ExpTransform
 
 from flowvi.targets.base import Target
+from flowvi.targets.sites import Site
 
 # Rubin (1981), Gelman et al. BDA3 Table 5.2: estimated effects and standard errors of 8 schools
 EIGHT_SCHOOLS_Y = (28.0, 8.0, -3.0, 7.0, -1.0, 1.0, 18.0, 12.0)
@@ -87,7 +89,8 @@ class EightSchools(Target):
     names = EIGHT_SCHOOLS_NAMES
 
     def __init__(self) -> None:
-        super().__init__(10, name="eight-schools")
+        sites = (Site("mu"), Site("tau", (), ExpTransform()), Site("theta_t", (8,)))
+        super().__init__(10, name="eight-schools", sites=sites)
         self.register_buffer("y", torch.tensor(EIGHT_SCHOOLS_Y, dtype=torch.float64))
         self.register_buffer("sigma", torch.tensor(EIGHT_SCHOOLS_SIGMA, dtype=torch.float64))
 
@@ -164,11 +167,12 @@ class LogisticRegression(Target):
             raise ValueError("labels must be 0 or 1")
         if not prior_sd > 0:
             raise ValueError(f"prior_sd must be positive, got {prior_sd}")
-        super().__init__(features.shape[1] + 1, name=name)
+        p = features.shape[1]
+        super().__init__(p + 1, name=name, sites=(Site("intercept"), Site("w", (p,))))
         self.prior_sd = prior_sd
         self.register_buffer("features", features)
         self.register_buffer("labels", labels)
-        self.names = ("intercept", *(f"w[{j}]" for j in range(features.shape[1])))
+        self.names = ("intercept", *(f"w[{j}]" for j in range(p)))
 
     @classmethod
     def breast_cancer(cls, *, prior_sd: float = 1.0) -> LogisticRegression:
