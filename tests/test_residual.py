@@ -15,6 +15,7 @@ from flowvi.flows import LAYERS, NormalizingFlow, Residual, build, describe, reb
 from flowvi.flows import residual as residual_module
 from flowvi.transforms import ResidualTransform
 from flowvi.transforms.residual import (
+    fixed_point_tolerance,
     lipswish,
     lipswish_slope,
     log_det_series,
@@ -172,6 +173,35 @@ def test_inverse_that_cannot_converge_raises():
         t.inv(torch.ones(4, 2, dtype=F64))
     with pytest.raises(ValueError, match="finite"):
         _layer(2)().inv(torch.tensor([[math.nan, 0.0]], dtype=F64))
+
+
+@pytest.mark.parametrize(
+    ("coeff", "hidden"), [(0.9, (64, 64)), (0.99, ())], ids=["L=0.729", "L=0.99"]
+)
+def test_float32_inverse_converges_at_the_stated_bound(coeff, hidden):
+    """Float32 rows with one large component and small others: the changes settle at rounding
+    level relative to the row's scale (its largest component feeds every output through the
+    weights), not each component's, and grow like 1/(1 - L); an elementwise tolerance of
+    64 eps refused these valid points as "not a contraction with Lipschitz bound 0.729"."""
+    torch.manual_seed(0)
+    layer = Residual(4, hidden=hidden, coeff=coeff)
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.normal_(0.0, 3.0 / p.shape[-1] ** 0.5 if p.dim() == 2 else 3.0)
+        t = layer()
+    assert t.lipschitz == pytest.approx(coeff ** (len(hidden) + 1))
+    x = torch.randn(512, 4) * 0.01
+    x[:, 0] = torch.linspace(-1e4, 1e4, 512)
+    z = t.inv(x)
+    scale = 1 + x.abs().amax(-1, keepdim=True)
+    tol = fixed_point_tolerance(torch.float32, t.lipschitz)
+    assert ((t(z) - x).abs() / scale).max() <= 2 * tol  # one more step's change
+    # against the float64 inverse of the same weights: ‖z_k - z*‖ <= L/(1 - L) ‖Δ_k‖
+    t64 = ResidualTransform(
+        [w.double() for w in t.weights], [b.double() for b in t.biases], lipschitz=t.lipschitz
+    )
+    error = ((z.double() - t64.inv(x.double())).abs() / scale).max()
+    assert error <= 2 * t.lipschitz / (1 - t.lipschitz) * tol
 
 
 def test_inverse_gradient_is_the_implicit_gradient():
