@@ -280,6 +280,33 @@ def test_logit_preprocess_is_exact_at_the_edges_and_in_float32():
     torch.testing.assert_close(ladj32, ladj.float())
 
 
+@pytest.mark.parametrize("alpha", [0.05, 0.0])
+def test_logit_preprocess_outside_its_domain_has_ladj_minus_inf_not_nan(alpha):
+    """Rows with a component outside 0 < s < 1 (or on its edge) get ln|det| = -inf, and such
+    components the placeholder image 0 with zero gradient; rows inside are untouched; NaN stays
+    NaN."""
+    levels = 4
+    t = LogitPreprocess(levels, alpha)
+    lo, hi = -alpha * levels / (1 - 2 * alpha), levels * (1 - alpha) / (1 - 2 * alpha)
+    x = torch.tensor(
+        [[1.0, 2.0], [lo - 0.1, 2.0], [1.0, hi + 0.1], [lo, 1.0], [1.0, hi], [-1e9, 1e9]],
+        dtype=F64,
+        requires_grad=True,
+    )
+    y, ladj = t.call_and_ladj(x)
+    assert torch.isfinite(ladj[0]) and (ladj[1:] == -math.inf).all()
+    assert torch.isfinite(y).all()
+    inside_y, inside_ladj = t.call_and_ladj(x[:1].detach())
+    torch.testing.assert_close(y[:1], inside_y, rtol=0, atol=0)
+    torch.testing.assert_close(ladj[:1], inside_ladj, rtol=0, atol=0)
+    outside = torch.tensor([[0, 0], [1, 0], [0, 1], [1, 0], [0, 1], [1, 1]], dtype=torch.bool)
+    assert (y[outside] == 0).all()
+    (grad,) = torch.autograd.grad(y.sum() + ladj[0], x)
+    assert torch.isfinite(grad).all() and (grad[outside] == 0).all() and (grad[~outside] > 0).all()
+    y_nan, ladj_nan = t.call_and_ladj(torch.tensor([[math.nan, 1.0]], dtype=F64))
+    assert y_nan[0, 0].isnan() and ladj_nan.isnan().all()
+
+
 def _gauss_legendre(a, b, n=200):
     nodes, weights = np.polynomial.legendre.leggauss(n)
     t = torch.tensor(nodes, dtype=F64)

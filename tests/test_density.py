@@ -15,7 +15,13 @@ from flowvi.cli import main
 from flowvi.density import fit_density
 from flowvi.density_run import DensityConfig, run_density
 from flowvi.distributions import StandardNormal
-from flowvi.flows import NormalizingFlow, Standardization, TriangularAffine, build
+from flowvi.flows import (
+    LogitPreprocessing,
+    NormalizingFlow,
+    Standardization,
+    TriangularAffine,
+    build,
+)
 from flowvi.train import EarlyStopping, train
 
 
@@ -96,6 +102,21 @@ def test_the_data_end_affine_layer_adds_the_standardization_jacobian():
     expected = inner.log_prob((x - loc) / scale) - scale.log().sum()
     torch.testing.assert_close(outer.log_prob(x), expected, atol=1e-12, rtol=0)
     assert not list(outer.layers[-1].parameters())  # nothing to train in the data end
+
+
+def test_logit_data_end_gives_minus_inf_outside_its_image():
+    """A flow ending in LogitPreprocessing has density zero outside its image (levels 4,
+    alpha 0.05: x in (-0.2/0.9, 3.8/0.9) per component): log_prob is -inf there, not NaN,
+    and unchanged inside."""
+    torch.manual_seed(0)
+    inner = build("nsf", 2, length=2, hidden=(8,)).double()
+    flow = NormalizingFlow(inner.base, [*inner.layers, LogitPreprocessing(2, levels=4)]).double()
+    x = torch.tensor([[1.0, 2.0], [-0.5, 2.0], [1.0, 4.5], [-1e6, 1e6]], dtype=torch.float64)
+    log_q = flow.log_prob(x)
+    assert torch.isfinite(log_q[0]) and (log_q[1:] == -math.inf).all()
+    torch.testing.assert_close(log_q[:1], flow.log_prob(x[:1]), rtol=0, atol=0)
+    samples = flow.sample((200,))
+    assert torch.isfinite(flow.log_prob(samples)).all()
 
 
 @pytest.fixture(scope="module")

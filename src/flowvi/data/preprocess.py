@@ -61,10 +61,16 @@ class LogitPreprocess(Transform):
     :math:`1 - s` is formed as :math:`\alpha + (1 - 2\alpha)(L - x)/L`, not as one minus
     :math:`s`, so the log-determinant keeps full precision at both edges.
 
+    Its domain is the :math:`x` with :math:`0 < s < 1`, i.e. :math:`-\alpha L/(1 - 2\alpha) < x
+    < L(1 - \alpha)/(1 - 2\alpha)`, the image of the inverse. A row with a component outside it
+    (or on its edge) has no image: :meth:`call_and_ladj` returns ``ladj = -inf`` for it and
+    ``y = 0`` in place of the missing values, so that a flow ending in ``.inv`` gives ``log_prob
+    = -inf`` (density zero) there rather than NaN.
+
     Args:
         levels: :math:`L`, the number of pixel levels (256 for 8-bit images).
-        alpha: :math:`\alpha \in [0, 0.5)`; with ``alpha = 0`` the map needs
-            :math:`x \in (0, L)` (a pixel dequantized to exactly 0 gives :math:`-\infty`).
+        alpha: :math:`\alpha \in [0, 0.5)`; with ``alpha = 0`` the domain is
+            :math:`x \in (0, L)` (a pixel dequantized to exactly 0 is on its edge).
 
     Shapes: ``x, y: (*batch, D)``; ``ladj: (*batch,)``.
 
@@ -84,10 +90,17 @@ class LogitPreprocess(Transform):
         self.log_width = math.log1p(-2 * self.alpha) - math.log(levels)
 
     def call_and_ladj(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        log_s = torch.log(self.alpha + self.width * x)
-        log_1ms = torch.log(self.alpha + self.width * (self.levels - x))
+        s = self.alpha + self.width * x
+        one_minus_s = self.alpha + self.width * (self.levels - x)
+        # 1. outside the domain (s <= 0 or s >= 1) there is no image: such a row gets
+        #    ln|det| = -inf and the placeholder y = 0 (s = 1/2), so that a flow's log density
+        #    there is -inf (density zero), not NaN; NaN inputs fail both tests and stay NaN
+        # 2. the placeholder is substituted before the logs, so gradients stay finite (zero)
+        outside = (s <= 0) | (one_minus_s <= 0)
+        log_s = torch.log(torch.where(outside, 0.5, s))
+        log_1ms = torch.log(torch.where(outside, 0.5, one_minus_s))
         ladj = (self.log_width - log_s - log_1ms).sum(-1)
-        return log_s - log_1ms, ladj
+        return log_s - log_1ms, torch.where(outside.any(-1), -math.inf, ladj)
 
     def _inverse(self, y: Tensor) -> Tensor:
         return (torch.sigmoid(y) - self.alpha) / self.width

@@ -68,6 +68,8 @@ class LogitPreprocessing(nn.Module):
 
     ``log_prob`` of dequantized pixels :math:`x \in [0, L)^D` is then in nats in level units,
     and :func:`flowvi.data.bits_per_dim` of its negative bounds the discrete data's bits/dim.
+    Outside the layer's image, :math:`-\alpha L/(1 - 2\alpha) < x_i < L(1 - \alpha)/(1 - 2\alpha)`
+    for every :math:`i`, the density is zero and ``log_prob`` is ``-inf`` (not NaN).
     No parameters; ``context`` is accepted and ignored.
 
     Args:
