@@ -28,10 +28,11 @@ References:
 from __future__ import annotations
 
 import csv
+import inspect
 import io
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -91,7 +92,7 @@ class PosteriorSummary:
         note: why the PSIS columns are empty, or ``None`` when they are filled.
     """
 
-    rows: list[dict[str, Any]]
+    rows: list[dict[str, Any]] = field(repr=False)
     khat: float
     ess: float
     ess_fraction: float
@@ -99,9 +100,9 @@ class PosteriorSummary:
     elbo_se: float
     dropped: int
     samples: int
-    draws: dict[str, Tensor]
-    log_weights: Tensor
-    log_q: Tensor
+    draws: dict[str, Tensor] = field(repr=False)
+    log_weights: Tensor = field(repr=False)
+    log_q: Tensor = field(repr=False)
     note: str | None = None
 
     @property
@@ -165,7 +166,8 @@ class PosteriorSummary:
     def to_inference_data(self) -> Any:
         """The draws as an arviz ``InferenceData``: a ``posterior`` group with one variable per
         site, dims ``(chain, draw, {site}_dim_0, …)`` with one chain of ``S'`` draws, and a
-        ``sample_stats`` group with ``log_weight`` and ``log_q``, each ``(chain, draw)``.
+        ``sample_stats`` group with ``log_weight`` and ``log_q``, each ``(chain, draw)``
+        (an xarray ``DataTree`` of the same groups under arviz >= 1.0).
 
         Raises:
             ImportError: if arviz is not installed.
@@ -178,7 +180,10 @@ class PosteriorSummary:
         stats = {"log_weight": self.log_weights.numpy()[None], "log_q": self.log_q.numpy()[None]}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # arviz warns that one chain cannot show mixing
-            return arviz.from_dict(posterior=posterior, sample_stats=stats, dims=dims)
+            if "posterior" in inspect.signature(arviz.from_dict).parameters:
+                return arviz.from_dict(posterior=posterior, sample_stats=stats, dims=dims)
+            # arviz >= 1.0 takes the groups as one dict and returns a DataTree
+            return arviz.from_dict({"posterior": posterior, "sample_stats": stats}, dims=dims)
 
     def write(self, directory: str | Path) -> Path:
         """Write ``summary.csv`` (:meth:`to_csv`), ``posterior.nc`` (:meth:`to_inference_data`,
