@@ -105,7 +105,7 @@ def flowvi_guide(name: str, d: int):
 
 def fit_flowvi(name: str, target, iters: int, s: argparse.Namespace):
     guide = flowvi_guide(name, target.dim)
-    flowvi.fit(guide, target, iters=iters, batch_size=s.batch, lr=s.lr, anneal_iters=0,
+    flowvi.fit(guide, target, iters=iters, batch_size=s.batch, lr=s.lr,
                progress=False)  # fmt: skip
     return guide
 

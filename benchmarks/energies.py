@@ -72,7 +72,7 @@ def train_flowvi(target, K: int, s: argparse.Namespace) -> tuple[nn.Module, floa
         batch_size=s.batch_size,
         lr=s.lr,
         beta0=s.beta0,
-        anneal_iters=s.anneal_iters,
+        anneal=s.anneal_iters / s.iters,
         progress=False,
     )
     seconds = time.perf_counter() - start
@@ -266,7 +266,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size)
     parser.add_argument("--lr", type=float, default=DEFAULTS.lr)
     parser.add_argument("--beta0", type=float, default=DEFAULTS.beta0)
-    parser.add_argument("--anneal-iters", type=int, default=DEFAULTS.anneal_iters)
+    parser.add_argument("--anneal-iters", type=int, default=5_000)
     parser.add_argument(
         "--samples", type=int, default=DEFAULTS.samples, help="samples of q for the metrics"
     )
@@ -284,7 +284,7 @@ def parse_args(argv=None) -> argparse.Namespace:
             batch_size=args.batch_size,
             lr=args.lr,
             beta0=args.beta0,
-            anneal_iters=args.anneal_iters,
+            anneal=args.anneal_iters / args.iters,
             samples=args.samples,
         ).validate()
         for K in args.lengths:

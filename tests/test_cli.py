@@ -62,6 +62,8 @@ def test_resume_from_the_cli_matches_an_uninterrupted_run(tmp_path):
         "--quiet",
         "--checkpoint-every",
         "7",
+        "--anneal",  # β's schedule is a share of --iters: extending the run would stretch it
+        "0",
     ]
     assert main([*args, "--iters", "40", "--out", str(tmp_path / "full")]) == 0
     assert main([*args, "--iters", "25", "--out", str(tmp_path / "cut")]) == 0
@@ -94,7 +96,7 @@ def test_user_target_module_function(tmp_path, monkeypatch):
             "300",
             "--lr",
             "0.05",
-            "--anneal-iters",
+            "--anneal",
             "0",
             "--samples",
             "2000",
@@ -106,8 +108,8 @@ def test_user_target_module_function(tmp_path, monkeypatch):
     assert code == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["kl"] is None  # no ln Z for a 3-D user density
-    loc = flowvi.load(out)().transforms[0].loc
-    torch.testing.assert_close(loc, torch.ones(3), atol=0.2, rtol=0)
+    mean = flowvi.load(out).sample((4000,)).mean(0)
+    torch.testing.assert_close(mean, torch.ones(3), atol=0.2, rtol=0)
 
 
 @pytest.mark.parametrize(
@@ -147,14 +149,30 @@ def test_nan_target_stops_with_a_message(tmp_path, monkeypatch, capsys):
     (tmp_path / "badtarget.py").write_text(
         "import torch\n"
         "def logp(z):\n"
-        "    return torch.where(z[:, 0] > 0.5, float('nan'), -0.5 * (z ** 2).sum(-1))\n"
+        "    return torch.where(z[:, 0] > -100, float('nan'), -0.5 * (z ** 2).sum(-1))\n"
     )
-    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)  # module:function is found in the current directory
     out = tmp_path / "run"
     assert main(["fit", "--target", "badtarget:logp", "--dim", "2", *TINY, "--out", str(out)]) == 3
     err = capsys.readouterr().err
-    assert "iteration 0" in err and "target log density" in err
+    assert "iteration 0" in err and "target log density: 256 of 256" in err
     assert (out / "checkpoint.safetensors").is_file()
+
+
+def test_a_few_non_finite_samples_are_dropped_and_recorded(tmp_path, monkeypatch):
+    (tmp_path / "edge.py").write_text(
+        "import torch\n"
+        "def logp(z):\n"
+        "    rare = (z[:, 0] * 1e4).floor() % 50 == 0  # about 2% of the points, everywhere\n"
+        "    return torch.where(rare, -float('inf'), -0.5 * (z ** 2).sum(-1))\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "run"
+    with pytest.warns(RuntimeWarning, match="non-finite"):
+        assert main(["fit", "--target", "edge:logp", "--dim", "2", *TINY, "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    rows = list(csv.DictReader((out / "trace.csv").open()))
+    assert metrics["dropped_samples"] == sum(int(r["dropped"]) for r in rows) > 0
 
 
 def test_console_entry_point():
@@ -227,15 +245,27 @@ def test_fit_refuses_an_unknown_mask(tmp_path, capsys):
     assert "--mask" in capsys.readouterr().err
 
 
-def test_threads_option_sets_torch_threads_and_refuses_negative(tmp_path, capsys):
+def test_threads_option_sets_torch_threads_and_refuses_negative(tmp_path, capsys, monkeypatch):
     before = torch.get_num_threads()
+    seen = []
+    (tmp_path / "probe.py").write_text(
+        "import torch\nseen = []\n"
+        "def logp(z):\n    seen.append(torch.get_num_threads())\n    return -0.5 * (z**2).sum(-1)\n"
+    )
+    monkeypatch.chdir(tmp_path)
     try:
-        out = tmp_path / "run"
-        argv = ["fit", "--target", "gaussian", "--flow", "affine", "--length", "1", "--iters", "3"]
-        argv += ["--samples", "100", "--quiet", "--out", str(out), "--threads", "2"]
-        assert main(argv) == 0
-        assert torch.get_num_threads() == 2
+        for threads in (2, 1):
+            argv = ["fit", "--target", "probe:logp", "--dim", "2", "--flow", "affine"]
+            argv += ["--iters", "3", "--samples", "100", "--quiet", "--out", f"run{threads}"]
+            assert main([*argv, "--threads", str(threads)]) == 0
+            import probe
+
+            seen.append(set(probe.seen[1:]))
+            probe.seen.clear()
+        assert seen == [{2}, {1}]  # the whole command, evaluation included
+        assert torch.get_num_threads() == before  # and torch's setting is restored
         assert main(["density", "--threads", "-1", "--out", str(tmp_path / "d")]) == 2
         assert "--threads" in capsys.readouterr().err
     finally:
         torch.set_num_threads(before)
+        flowvi.set_num_threads(1)

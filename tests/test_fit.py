@@ -10,11 +10,11 @@ from safetensors.torch import load_file
 from torch.distributions import MultivariateNormal, kl_divergence
 
 import flowvi
-from flowvi.fitting import fit
+from flowvi.fitting import annealing_iters, fit
 from flowvi.metrics import evaluate, log_normalizer
 from flowvi.objectives import beta_schedule, free_energy
 from flowvi.targets import FunctionTarget, Gaussian
-from flowvi.train import CHECKPOINT, NonFiniteLossError
+from flowvi.train import CHECKPOINT, DropPolicy, NonFiniteLossError
 
 
 def test_beta_schedule_is_eq_20():
@@ -39,7 +39,7 @@ def test_free_energy_is_mean_of_log_ratio():
 def _gaussian_fit(target, flow_name, iters=1500):
     torch.manual_seed(0)
     flow = flowvi.flows.build(flow_name, target.dim).double()
-    fit(flow, target, iters=iters, lr=1e-2, anneal_iters=0, batch_size=4096, progress=False)
+    fit(flow, target, iters=iters, lr=1e-2, batch_size=4096, progress=False)
     layer = flow()
     transform = layer.transforms[0]
     return flow, transform
@@ -94,7 +94,7 @@ def test_fit_stops_on_nan_target_naming_the_iteration_and_keeps_last_good(tmp_pa
     def flaky(z):
         calls["n"] += 1
         out = -0.5 * (z**2).sum(-1)
-        return out if calls["n"] <= 5 else out + torch.where(z[:, 0] > 0, math.nan, 0.0)
+        return out if calls["n"] <= 5 else out + math.nan  # the whole batch from call 6
 
     target = FunctionTarget(flaky, 2)
     calls["n"] = 0
@@ -108,6 +108,72 @@ def test_fit_stops_on_nan_target_naming_the_iteration_and_keeps_last_good(tmp_pa
     for name, value in flow.state_dict().items():
         assert torch.isfinite(value).all()
         torch.testing.assert_close(saved[f"model/{name}"], value, rtol=0, atol=0)
+
+
+def _half_space_log_p(z):
+    """N(0, I) restricted to z_0 > -2.5 (0.6% of its mass is cut): ln of a masked value makes
+    -inf outside, where the derivative is 0/0, the case where 0 · ∂ln p/∂z is NaN."""
+    edge = z[:, 0] + 2.5
+    return -0.5 * (z**2).sum(-1) + torch.log(edge * (edge > 0)) - torch.log(edge.abs())
+
+
+def test_fit_drops_samples_outside_the_support_and_counts_them():
+    torch.manual_seed(0)
+    flow = flowvi.flows.build("affine", 2)
+    drop = DropPolicy()
+    with pytest.warns(RuntimeWarning, match="non-finite log density"):
+        trace = fit(flow, _half_space_log_p, iters=400, lr=2e-2, drop=drop, progress=False)
+    assert torch.isfinite(trace).all()
+    assert drop.dropped.shape == (400,) and drop.dropped.sum() > 0
+    assert all(torch.isfinite(p).all() for p in flow.parameters())
+    # fitted as N(0, I) (the cut changes the moments by < 0.02): the dropped samples, whose
+    # gradient is NaN, did not poison the others'
+    x = flow.sample((20_000,))
+    torch.testing.assert_close(x.mean(0), torch.zeros(2), atol=0.1, rtol=0)
+    torch.testing.assert_close(x.std(0), torch.ones(2), atol=0.1, rtol=0)
+
+
+def test_fit_stops_when_most_samples_stay_outside_the_support():
+    def mostly_undefined(z):  # -inf for z_0 < 0.3: about 62% of N(0, 1)
+        return torch.where(z[:, 0] > 0.3, -0.5 * (z**2).sum(-1), -math.inf)
+
+    torch.manual_seed(0)
+    flow = flowvi.flows.build("affine", 2)
+    with pytest.raises(NonFiniteLossError, match="more than 50%"):
+        fit(flow, mostly_undefined, iters=300, lr=1e-5, progress=False)
+
+
+def test_fit_takes_a_plain_function_and_infers_its_dimension():
+    torch.manual_seed(0)
+    flow = flowvi.flows.build("affine", 3)
+    fit(flow, lambda z: -0.5 * ((z - 2) ** 2).sum(-1), iters=300, lr=0.05, progress=False)
+    torch.testing.assert_close(
+        flow.sample((8000,)).mean(0), torch.full((3,), 2.0), atol=0.1, rtol=0
+    )
+    with pytest.raises(ValueError, match="shape"):
+        fit(flow, lambda z: z, iters=5, progress=False)
+    with pytest.raises(TypeError, match="Target"):
+        fit(flow, 3.0, iters=5, progress=False)
+
+
+def test_annealing_is_a_share_of_the_run_and_always_finishes():
+    with pytest.raises(ValueError, match="anneal"):
+        fit(flowvi.flows.build("affine", 2), _half_space_log_p, iters=10, anneal=1.0)
+    assert annealing_iters(0.5, 500) == 250 and annealing_iters(0.0, 500) == 0
+
+
+def test_fit_restores_torch_threads_and_uses_one_by_default():
+    seen = []
+    before = torch.get_num_threads()
+
+    def log_p(z):
+        seen.append(torch.get_num_threads())
+        return -0.5 * (z**2).sum(-1)
+
+    fit(flowvi.flows.build("affine", 2), log_p, iters=3, progress=False)
+    assert set(seen[1:]) == {1} and torch.get_num_threads() == before
+    fit(flowvi.flows.build("affine", 2), log_p, iters=3, progress=False, threads=2)
+    assert seen[-1] == 2 and torch.get_num_threads() == before
 
 
 def test_fit_refuses_a_target_of_the_wrong_dimension():

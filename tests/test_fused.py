@@ -119,7 +119,7 @@ def test_compiled_reverse_kl_fit_is_reproducible_resumes_and_learns(tmp_path):
     def run(directory, iters, **kwargs):
         torch.manual_seed(0)
         flow = build("planar", 2, length=2)
-        kwargs = {"batch_size": 64, "anneal_iters": 10, "lr": 1e-2, "progress": False} | kwargs
+        kwargs = {"batch_size": 64, "anneal": 0.1, "lr": 1e-2, "progress": False} | kwargs
         trace = fit(flow, target, iters=iters, directory=directory, compile=True, **kwargs)
         return flow, trace
 

@@ -28,6 +28,7 @@ from flowvi.plot import fit_figure
 from flowvi.run import FitConfig, caption, load_fit, resume_config, run_fit, run_name
 from flowvi.show import ShowConfig, run_show
 from flowvi.targets import ENERGIES, NAMES
+from flowvi.threads import set_num_threads, training_threads
 from flowvi.train import NonFiniteLossError
 from flowvi.transforms.transformers import TRANSFORMERS
 from flowvi.vae.run import KLS, VAEConfig, evaluate_vae, posterior_label, run_vae, vae_config
@@ -56,20 +57,41 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument(
         "--target",
         nargs="+",
-        default=list(ENERGIES),
+        default=None,
         help=f"one or more of {', '.join(NAMES)}, or module:function with --dim "
         "(default: U1 U2 U3 U4)",
     )
 
     option = _options(fit, DEFAULTS)
+    option(
+        "--model",
+        dest="pyro_model",
+        help="a Pyro model, file.py:name or module:name, fitted in its unconstrained space "
+        "(needs pip install 'flowvi[pyro]'); replaces --target",
+    )
+    option(
+        "--data",
+        help="the model's keyword arguments: a .csv with a header (one array per column), "
+        "or a .npz / .pt of named arrays",
+    )
     option("--dim", type=int, help="dimension of a user target")
     _flow_options(option)
+    option(
+        "--init-scale",
+        type=float,
+        help="initial sd of the guide around the model's initial point (not for U1-U4/toys)",
+    )
     option("--iters", type=int, help="training iterations")
     option("--batch-size", type=int, help="samples per iteration")
     option("--lr", type=float, help="learning rate")
     option("--optimizer", help="adam or rmsprop")
     option("--beta0", type=float, help="initial inverse temperature β_0 of Eq. 20")
-    option("--anneal-iters", type=int, help="iterations over which β rises to 1 (0: none)")
+    option(
+        "--anneal",
+        type=float,
+        help="share of --iters over which β rises from β_0 to 1, in [0, 1) (None: 0.5 for "
+        "U1-U4 and the 2-D toys, the paper's protocol; 0, no annealing, for posteriors)",
+    )
     option("--seed", type=int, help="random seed")
     option("--device", help="cpu, cuda, cuda:N or auto")
     option("--dtype", help="float32 or float64")
@@ -108,19 +130,10 @@ def _threads_option(parser: argparse.ArgumentParser) -> None:
         "--threads",
         type=int,
         default=1,
-        help="CPU threads for torch (default: 1, the fastest for small flows, whose steps are "
-        "many small operations; 0: torch's own default; results do not depend on it)",
+        help="CPU threads for torch, as flowvi.threads.set_num_threads (default: 1, the "
+        "fastest for small flows, whose steps are many small operations; 0: torch's own "
+        "default; results do not depend on it)",
     )
-
-
-def _set_threads(args: argparse.Namespace) -> None:
-    threads = getattr(args, "threads", 0)
-    if threads < 0:
-        raise ValueError(f"--threads must be >= 0, got {threads}")
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
 
 
 def _options(parser: argparse.ArgumentParser, defaults: object):
@@ -128,7 +141,7 @@ def _options(parser: argparse.ArgumentParser, defaults: object):
     the configuration dataclass ``defaults``; options not given stay absent from the namespace."""
 
     def option(*flags: str, help: str, **kwargs) -> None:
-        name = flags[0].lstrip("-").replace("-", "_")
+        name = kwargs.get("dest") or flags[0].lstrip("-").replace("-", "_")
         shown = getattr(defaults, name)
         parser.add_argument(
             *flags, default=argparse.SUPPRESS, help=f"{help} (default: {shown})", **kwargs
@@ -145,8 +158,12 @@ def _flow_options(option) -> None:
         help="run each training step as one compiled graph (Adam only; steps several times "
         "faster after a compile of tens of seconds to minutes: for long or repeated runs)",
     )
-    option("--flow", help=f"layer family: {', '.join(LAYERS)}")
-    option("--length", "-K", type=int, help="flow length K")
+    option(
+        "--flow",
+        help=f"layer family: {', '.join(LAYERS)} (fit's None: planar for U1-U4 and the 2-D "
+        "toys, iaf for posteriors)",
+    )
+    option("--length", "-K", type=int, help="flow length K (fit's None: 32 planar, 4 iaf)")
     option("--hidden", type=_sizes, help="hidden sizes of coupling/MADE networks, e.g. 64,64")
     option("--mask", choices=list(MASKS), help="coupling split (checkerboard: square images)")
     option(
@@ -159,7 +176,12 @@ def _flow_options(option) -> None:
         choices=list(TRANSFORMERS),
         help="elementwise map of coupling/autoregressive layers (None: the family's own)",
     )
-    option("--base", help="base distribution: standard or diagonal")
+    option(
+        "--base",
+        choices=["standard", "diagonal"],
+        help="base distribution: standard N(0, I) or a trainable diagonal Gaussian (fit's "
+        "None: standard for U1-U4 and the toys, diagonal for posteriors)",
+    )
 
 
 def _density_parser(commands) -> None:
@@ -618,7 +640,10 @@ def _fit(args: argparse.Namespace) -> int:
         resume = True
     else:
         root = args.out or Path("runs") / datetime.now().strftime("fit-%Y%m%d-%H%M%S")
-        configs = [FitConfig(target=t, **given) for t in args.target]
+        if given.get("pyro_model") and args.target:
+            raise ValueError("give --model (a Pyro model) or --target, not both")
+        names = [given["pyro_model"]] if given.get("pyro_model") else args.target or list(ENERGIES)
+        configs = [FitConfig(target=t, **given) for t in names]
         for config in configs:  # refuse bad settings and targets before any work starts
             config.validate()
             config.resolve_target()
@@ -650,19 +675,27 @@ def _line(metrics: dict) -> str:
     return f"F = {metrics['free_energy']:.4f} nats, KL(q||p) = {kl_text}; {metrics['verdict']}"
 
 
+def _command(args: argparse.Namespace) -> int:
+    if args.command == "estimators":
+        return _estimators(args)
+    if args.command == "vae":
+        return _vae(args)
+    if args.command == "cavi":
+        return _cavi(args)
+    if args.command == "show":
+        return _show(args)
+    return _density(args) if args.command == "density" else _fit(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        _set_threads(args)
-        if args.command == "estimators":
-            return _estimators(args)
-        if args.command == "vae":
-            return _vae(args)
-        if args.command == "cavi":
-            return _cavi(args)
-        if args.command == "show":
-            return _show(args)
-        return _density(args) if args.command == "density" else _fit(args)
+        threads = getattr(args, "threads", 1)
+        if threads < 0:
+            raise ValueError(f"--threads must be >= 0, got {threads}")
+        set_num_threads(threads)
+        with training_threads():  # the whole command, evaluation included, as training
+            return _command(args)
     except (ValueError, FileNotFoundError) as error:
         print(f"flowvi: error: {error}", file=sys.stderr)
         return 2

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import torch
 from torch import Tensor
 
 
@@ -33,7 +34,9 @@ def beta_schedule(
     return min(1.0, beta0 + t / anneal_iters)
 
 
-def free_energy(log_q: Tensor, log_p: Tensor, beta: float | Tensor = 1.0) -> Tensor:
+def free_energy(
+    log_q: Tensor, log_p: Tensor, beta: float | Tensor = 1.0, *, kept: Tensor | None = None
+) -> Tensor:
     r"""Monte Carlo (annealed) free energy :math:`F = E_q[\ln q(z) - \beta \ln \tilde p(z)]`.
 
     With :math:`\beta = 1`, :math:`F = \mathrm{KL}(q \| p) - \ln Z \ge -\ln Z`: minimizing it is
@@ -45,11 +48,17 @@ def free_energy(log_q: Tensor, log_p: Tensor, beta: float | Tensor = 1.0) -> Ten
         log_p: unnormalized target log density at the same samples, shape ``(n,)``.
         beta: inverse temperature :math:`\beta_t` (see :func:`beta_schedule`), a number or a
             0-d tensor.
+        kept: optional boolean mask ``(n,)``: the mean is over these samples only (those
+            left out, e.g. with a non-finite log density, contribute neither value nor
+            gradient); NaN if none is kept.
 
     Returns:
         the sample mean, a scalar in nats.
     """
-    return (log_q - beta * log_p).mean()
+    terms = log_q - beta * log_p
+    if kept is None:
+        return terms.mean()
+    return torch.where(kept, terms, 0).sum() / kept.sum()
 
 
 def negative_log_likelihood(log_q: Tensor) -> Tensor:

@@ -14,9 +14,12 @@ import torch
 import flowvi
 from flowvi import targets
 from flowvi._checks import check_choice, check_dim
-from flowvi.fitting import fit
+from flowvi._imports import load_object
+from flowvi.data.tables import read_arrays
+from flowvi.fitting import annealing_iters, fit
 from flowvi.flows import build
 from flowvi.flows.networked import MASKS, ORDERS
+from flowvi.inference.guides import initialize
 from flowvi.io import (
     CONFIG,
     atomic_write,
@@ -30,23 +33,46 @@ from flowvi.io import (
 from flowvi.metrics import evaluate
 from flowvi.objectives import beta_schedule
 from flowvi.plot import fit_figure
-from flowvi.train import check_compile, make_optimizer
+from flowvi.posterior import summarize
+from flowvi.targets import ENERGIES
+from flowvi.targets.sites import vector_site
+from flowvi.train import DropPolicy, check_compile, make_optimizer
 from flowvi.transforms.transformers import TRANSFORMERS
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+PAPER_TARGETS = (*ENERGIES, "banana", "mixture", "gaussian")
+# the fitting defaults: the paper's protocol for its 2-D energies and toys; for posteriors
+# (Bayesian models, a user's function or Pyro model) those measured on real posteriors
+# (benchmarks/posteriors.py, benchmarks/RESULTS.md): no annealing, an IAF on a diagonal
+# Gaussian that starts narrow (scale 0.1) at the model's initial point
+PAPER_DEFAULTS = {"flow": "planar", "length": 32, "base": "standard", "anneal": 0.5}
+POSTERIOR_DEFAULTS = {"flow": "iaf", "length": 4, "base": "diagonal", "anneal": 0.0}
 
 
 @dataclass(frozen=True)
 class FitConfig:
     """Everything that determines a ``flowvi fit`` run; saved as ``config.json``.
 
-    Defaults are the ``flowvi fit`` defaults (planar flow, K = 32, Adam).
+    ``flow``, ``length``, ``base`` and ``anneal`` left ``None`` take the defaults of the
+    target's kind (:meth:`resolved`): for the energies U1–U4 and the 2-D toys the paper's
+    protocol (planar K = 32 on N(0, I), β annealed over half the run), for everything else
+    (Bayesian models, a user's function or Pyro ``model``) an IAF with K = 4 on a diagonal
+    Gaussian starting at scale ``init_scale``, without annealing.
+
+    ``pyro_model`` (``--model``: ``file.py:name`` or ``module:name``) names a Pyro model, fitted in its
+    unconstrained space (:func:`flowvi.pyro.target`); ``data`` a ``.csv``/``.npz``/``.pt`` of
+    named arrays passed to it as keyword arguments.
     """
 
     target: str = "U1"
-    flow: str = "planar"
-    length: int = 32
-    base: str = "standard"
+    pyro_model: str | None = None
+    data: str | None = None
+    flow: str | None = None
+    length: int | None = None
+    base: str | None = None
+    init_scale: float = 0.1
     hidden: tuple[int, ...] = (64, 64)
     mask: str = "half"
     order: str | None = None
@@ -58,7 +84,7 @@ class FitConfig:
     lr: float = 3e-3
     optimizer: str = "adam"
     beta0: float = 0.01
-    anneal_iters: int = 5_000
+    anneal: float | None = None
     seed: int = 0
     device: str = "cpu"
     dtype: str = "float32"
@@ -66,12 +92,25 @@ class FitConfig:
     samples: int = 100_000
     compile: bool = False
 
+    @property
+    def paper(self) -> bool:
+        """Whether the target is one of the paper's 2-D energies or toys."""
+        return self.pyro_model is None and self.target.lower() in {t.lower() for t in PAPER_TARGETS}
+
+    def resolved(self) -> FitConfig:
+        """This configuration with the defaults of its target's kind filled in."""
+        defaults = PAPER_DEFAULTS if self.paper else POSTERIOR_DEFAULTS
+        return replace(self, **{k: v for k, v in defaults.items() if getattr(self, k) is None})
+
     def validate(self) -> None:
         """Refuse impossible settings before any work starts.
 
         Raises:
             ValueError: naming the setting and the accepted values.
         """
+        if self.flow is None or self.length is None or self.base is None or self.anneal is None:
+            self.resolved().validate()
+            return
         check_dim(self.length, "flow length K (--length)")
         for size in self.hidden:
             check_dim(size, "hidden layer size (--hidden)")
@@ -89,13 +128,44 @@ class FitConfig:
             check_choice(self.transformer, TRANSFORMERS, "transformer")
         make_optimizer([torch.zeros(1, requires_grad=True)], self.optimizer, self.lr)
         check_compile(compile=self.compile, optimizer=self.optimizer)
-        beta_schedule(0, beta0=self.beta0, anneal_iters=self.anneal_iters)
+        beta_schedule(0, beta0=self.beta0, anneal_iters=annealing_iters(self.anneal, self.iters))
+        if not (math.isfinite(self.init_scale) and self.init_scale > 0):
+            raise ValueError(f"--init-scale must be positive and finite, got {self.init_scale}")
         if self.dim is not None:
             check_dim(self.dim, "--dim")
+        if self.data is not None and self.pyro_model is None:
+            raise ValueError("--data gives a model's arguments: it needs --model")
         resolve_device(self.device)
 
     def resolve_target(self) -> targets.Target:
-        return targets.get(self.target, dim=self.dim, confine=self.confine)
+        """The target: a Pyro model (``pyro_model``, with its ``data``) or ``target`` by name.
+
+        Raises:
+            ValueError: for an unknown name, a model or data file that cannot be read, a model
+                that Pyro cannot trace, or a ``dim`` that does not match.
+        """
+        if self.pyro_model is None:
+            return targets.get(self.target, dim=self.dim, confine=self.confine)
+        from flowvi.pyro import target as pyro_target  # Pyro is imported only when used
+
+        model = load_object(self.pyro_model, what="model")
+        if not callable(model):
+            raise ValueError(f"model {self.pyro_model!r} is not callable")
+        kwargs = {} if self.data is None else read_arrays(self.data, dtype=DTYPES[self.dtype])
+        try:
+            target = pyro_target(model, **kwargs)
+        except ValueError:
+            raise
+        except Exception as error:  # the user's model failed under Pyro's trace
+            raise ValueError(
+                f"model {self.pyro_model!r} failed when traced with data "
+                f"({', '.join(kwargs) or 'none'}): {type(error).__name__}: {error}"
+            ) from error
+        if self.dim is not None and self.dim != target.dim:
+            raise ValueError(
+                f"model {self.pyro_model} has {target.dim} latent coordinates, not {self.dim}"
+            )
+        return target
 
 
 def build_flow(config: Any, d: int) -> flowvi.NormalizingFlow:
@@ -136,22 +206,29 @@ def run_fit(
 ) -> dict[str, Any]:
     """Fit, evaluate and write one run to ``directory``.
 
-    Writes ``config.json``, ``checkpoint.safetensors`` (during training), ``model.safetensors``,
-    ``trace.csv`` (iteration, beta, annealed free energy), ``metrics.json`` and ``fit.png``
-    (2-D targets). Returns the metrics.
+    Writes ``config.json`` (with the defaults of the target's kind resolved),
+    ``checkpoint.safetensors`` (during training), ``model.safetensors``, ``trace.csv``
+    (iteration, beta, annealed free energy, samples dropped), ``metrics.json`` (with
+    ``dropped_samples``) and ``fit.png`` (2-D targets); for a target with named parameters (a
+    model) also the posterior summary (:mod:`flowvi.posterior`): ``summary.csv``,
+    ``summary.json`` and ``posterior.nc`` (arviz InferenceData). Returns the metrics.
 
     Raises:
         ValueError: for invalid settings or a target of the wrong dimension (before any work),
             or when ``directory`` already holds a run and ``resume`` is false.
-        flowvi.train.NonFiniteLossError: when the loss turns NaN or infinite; the checkpoint
-            keeps the last good parameters.
+        flowvi.train.NonFiniteLossError: when the samples' log densities are non-finite beyond
+            :class:`flowvi.train.DropPolicy`'s limits; the checkpoint keeps the last good
+            parameters.
     """
+    config = config.resolved()
     config.validate()
     directory = run_directory(directory, resume=resume)
     target = config.resolve_target()
     device, dtype = resolve_device(config.device), DTYPES[config.dtype]
     torch.manual_seed(config.seed)
     flow = build_flow(config, target.dim)
+    if not config.paper:
+        initialize(flow, loc=target.initial_point(), scale=config.init_scale)
     flow = flow.to(device=device, dtype=dtype)
     target = target.to(device)
     record = asdict(config) | {
@@ -161,6 +238,7 @@ def run_fit(
         "versions": versions(),
     }
     write_json(directory / CONFIG, record)
+    drop = DropPolicy()
     trace = fit(
         flow,
         target,
@@ -168,23 +246,35 @@ def run_fit(
         batch_size=config.batch_size,
         lr=config.lr,
         optimizer=config.optimizer,
+        anneal=config.anneal,
         beta0=config.beta0,
-        anneal_iters=config.anneal_iters,
         directory=directory,
         resume=resume,
         checkpoint_every=config.checkpoint_every,
         progress=progress,
         compile=config.compile,
+        drop=drop,
     )
     save(flow, directory)
-    _write_trace(directory / "trace.csv", trace, config)
+    _write_trace(directory / "trace.csv", trace, drop.dropped, config)
     flow.eval()
     metrics = evaluate(flow, target, samples=config.samples)
     metrics["verdict"] = verdict(metrics)
+    metrics["dropped_samples"] = int(drop.dropped.sum())
+    metrics["dropped_iterations"] = int((drop.dropped > 0).sum())
+    if has_named_sites(target):
+        summary = summarize(flow, target, samples=min(config.samples, 4000))
+        summary.write(directory)
+        metrics["posterior"] = {k: v for k, v in summary.to_dict().items() if k != "rows"}
     write_json(directory / "metrics.json", metrics)
     if target.dim == 2 and target.box is not None:
         fit_figure([(target, flow)], directory / "fit.png", titles=[caption(target.name, metrics)])
     return metrics
+
+
+def has_named_sites(target: targets.Target) -> bool:
+    """Whether the target names its parameters (a model), rather than one vector ``z``."""
+    return tuple(target.sites) != vector_site(target.dim)
 
 
 def resume_config(directory: str | Path, **overrides: Any) -> FitConfig:
@@ -221,14 +311,15 @@ def caption(name: str, metrics: dict[str, Any]) -> str:
     return name if kl is None else f"{name}, KL {kl:.3f}"
 
 
-def _write_trace(path: Path, trace: torch.Tensor, config: FitConfig) -> None:
+def _write_trace(path: Path, trace: torch.Tensor, dropped: torch.Tensor, config: FitConfig) -> None:
     buffer = _io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["iteration", "beta", "free_energy"])
-    for t, value in enumerate(trace.tolist()):
+    writer.writerow(["iteration", "beta", "free_energy", "dropped"])
+    anneal_iters = annealing_iters(config.anneal, config.iters)
+    for t, (value, count) in enumerate(zip(trace.tolist(), dropped.tolist(), strict=True)):
         if not math.isnan(value):
-            beta = beta_schedule(t, beta0=config.beta0, anneal_iters=config.anneal_iters)
-            writer.writerow([t, f"{beta:.6g}", f"{value:.6g}"])
+            beta = beta_schedule(t, beta0=config.beta0, anneal_iters=anneal_iters)
+            writer.writerow([t, f"{beta:.6g}", f"{value:.6g}", count])
     text = buffer.getvalue()
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 

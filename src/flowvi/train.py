@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from flowvi._checks import check_choice, check_dim
 from flowvi.fused import BatchLoss, FusedAdamStep
 from flowvi.io import CHECKPOINT, write_tensors
+from flowvi.threads import training_threads
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "rmsprop": torch.optim.RMSprop}
 SCHEDULES = ("constant", "cosine")
@@ -151,6 +152,8 @@ def train(
     save: bool = True,
     iters_per_epoch: int | None = None,
     compile: bool = False,
+    drop: DropPolicy | None = None,
+    threads: int | None = None,
 ) -> Tensor:
     """Minimize ``loss_fn(t)`` over ``model``'s parameters for iterations ``t = 0 … iters - 1``.
 
@@ -183,6 +186,16 @@ def train(
     seconds to minutes on a CPU, seconds once inductor's on-disk cache holds the graph). Where
     compiling fails (e.g. no C++ compiler) it warns and trains eagerly from that step on.
 
+    With ``drop`` (a :class:`DropPolicy`), ``loss_fn`` may leave non-finite samples out of its
+    estimate: it reports which it kept as the boolean part named ``drop.part``; their count per
+    iteration is kept (``dropped``, also in the checkpoint), and training stops only when a
+    policy limit is passed. A step whose gradient is non-finite while the loss is finite (a
+    sample that overflowed inside the model) is skipped without an update, up to
+    ``drop.max_skips`` steps in a row.
+
+    On the CPU, training runs with ``threads`` torch threads (default
+    :func:`flowvi.threads.get_num_threads`, one), restoring torch's setting afterwards.
+
     Returns:
         the loss at every iteration, shape ``(iters,)`` (NaN after an early stop).
 
@@ -195,18 +208,61 @@ def train(
             ``resume`` without a checkpoint, or ``compile=True`` without Adam and a
             :class:`flowvi.fused.BatchLoss`.
     """
+    with training_threads(threads):
+        return _train(
+            model,
+            loss_fn,
+            iters=iters,
+            lr=lr,
+            optimizer=optimizer,
+            schedule=schedule,
+            directory=directory,
+            resume=resume,
+            checkpoint_every=checkpoint_every,
+            progress=progress,
+            desc=desc,
+            label=label,
+            early_stopping=early_stopping,
+            save=save,
+            iters_per_epoch=iters_per_epoch,
+            compile=compile,
+            drop=drop,
+        )
+
+
+def _train(
+    model: nn.Module,
+    loss_fn: LossFn,
+    *,
+    iters: int,
+    lr: float,
+    optimizer: str,
+    schedule: str,
+    directory: str | Path | None,
+    resume: bool,
+    checkpoint_every: int,
+    progress: bool,
+    desc: str,
+    label: str,
+    early_stopping: EarlyStopping | None,
+    save: bool,
+    iters_per_epoch: int | None,
+    compile: bool,
+    drop: DropPolicy | None,
+) -> Tensor:
     check_dim(iters, "iters")
     check_dim(checkpoint_every, "checkpoint_every")
     check_choice(schedule, SCHEDULES, "schedule")
     params = [p for p in model.parameters() if p.requires_grad]
     opt = make_optimizer(params, optimizer, lr)
     trace = torch.full((iters,), math.nan)
+    dropped = torch.zeros(iters, dtype=torch.int64)
     start = 0
     path = None if directory is None else Path(directory) / CHECKPOINT
     if resume:
         if path is None or not path.exists():
             raise ValueError(f"cannot resume: no {CHECKPOINT} in {directory}")
-        start = _load_checkpoint(path, model, opt, trace, early_stopping)
+        start = _load_checkpoint(path, model, opt, trace, dropped, early_stopping)
     fused = None
     if compile:
         if not isinstance(loss_fn, BatchLoss):
@@ -215,10 +271,13 @@ def train(
 
     def checkpoint(t: int) -> None:
         if path is not None and save:
-            _save_checkpoint(path, model, opt, trace, t, early_stopping)
+            _save_checkpoint(path, model, opt, trace, dropped, t, early_stopping)
 
     stopped = early_stopping is not None and early_stopping.stopped
     bar = tqdm(range(start, iters), initial=start, total=iters, desc=desc, disable=not progress)
+    if fused is not None:
+        bar.set_postfix_str("compiling (first time, about a minute)", refresh=True)
+    skips = 0
     for t in bar:
         if stopped:
             break
@@ -235,12 +294,24 @@ def train(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = _grad_norm(params)
+        if drop is not None:
+            dropped[t] = (~parts[drop.part]).sum()
         if not torch.isfinite(loss.detach() + grad_norm):  # the one host sync per step
-            checkpoint(t)
-            raise NonFiniteLossError(_explain(t, loss, grad_norm, parts, path, iters_per_epoch))
+            skips += 1
+            if drop is None or not torch.isfinite(loss.detach()) or skips > drop.max_skips:
+                checkpoint(t)
+                raise NonFiniteLossError(_explain(t, loss, grad_norm, parts, path, iters_per_epoch))
+            trace[t] = loss.detach()
+            continue  # an overflow inside the model: skip the update (the fused step made none)
+        skips = 0
         if out is None:
             opt.step()
         trace[t] = loss.detach()
+        if drop is not None and (t + 1) % drop.window == 0:
+            share = dropped[t + 1 - drop.window : t + 1] / parts[drop.part].numel()
+            if bool((share > drop.max_share).all()):
+                checkpoint(t + 1)
+                raise NonFiniteLossError(drop.explain(t, path))
         if early_stopping is not None and (t + 1) % early_stopping.every == 0:
             stopped = early_stopping(model, t + 1)
             bar.set_postfix({label: f"{trace[t]:.4f}", "valid": f"{early_stopping.best:.4f}"})
@@ -253,7 +324,47 @@ def train(
         checkpoint(iters)
     if early_stopping is not None:
         early_stopping.restore(model)
+    if drop is not None:
+        drop.dropped = dropped
     return trace
+
+
+class DropPolicy:
+    """How many non-finite samples a loss may leave out before training stops.
+
+    The loss reports which samples it kept as the boolean part ``part``, shape ``(batch,)``.
+    Training stops with :class:`NonFiniteLossError` when every sample of a step is dropped (the
+    loss is then NaN), when more than ``max_share`` of the samples are dropped at every one of
+    ``window`` consecutive iterations (checked at multiples of ``window``), or after more than
+    ``max_skips`` consecutive steps whose gradient overflowed. After :func:`train`, ``dropped``
+    holds the count per iteration, shape ``(iters,)``.
+
+    Raises:
+        ValueError: for ``max_share`` outside ``[0, 1)``, or ``window`` or ``max_skips`` < 1.
+    """
+
+    def __init__(
+        self,
+        *,
+        part: str = "kept",
+        max_share: float = 0.5,
+        window: int = 100,
+        max_skips: int = 10,
+    ) -> None:
+        if not 0 <= max_share < 1:
+            raise ValueError(f"max_share must lie in [0, 1), got {max_share}")
+        check_dim(window, "window")
+        check_dim(max_skips, "max_skips")
+        self.part, self.max_share, self.window, self.max_skips = part, max_share, window, max_skips
+        self.dropped = torch.zeros(0, dtype=torch.int64)
+
+    def explain(self, t: int, path: Path | None) -> str:
+        where = "" if path is None else f"; the parameters after iteration {t} are in {path}"
+        return (
+            f"more than {self.max_share:.0%} of the samples had a non-finite log density at "
+            f"each of iterations {t + 1 - self.window}-{t}: q puts much of its mass where the "
+            f"target is undefined (outside its support?){where}"
+        )
 
 
 _SMALL = 1 << 16  # gradients up to this many entries are checked as one concatenated vector
@@ -300,7 +411,13 @@ def _explain(
 
 
 def _save_checkpoint(
-    path: Path, model: nn.Module, opt, trace: Tensor, t: int, stopper: EarlyStopping | None
+    path: Path,
+    model: nn.Module,
+    opt,
+    trace: Tensor,
+    dropped: Tensor,
+    t: int,
+    stopper: EarlyStopping | None,
 ) -> None:
     tensors = {f"model/{k}": v for k, v in model.state_dict().items()}
     metadata = {}
@@ -316,12 +433,18 @@ def _save_checkpoint(
         for i, rng in enumerate(torch.cuda.get_rng_state_all()):
             tensors[f"rng/cuda/{i}"] = rng
     tensors["trace"] = trace
+    tensors["dropped"] = dropped
     metadata |= {"iteration": str(t), "param_groups": json.dumps(state["param_groups"])}
     write_tensors(path, tensors, metadata)
 
 
 def _load_checkpoint(
-    path: Path, model: nn.Module, opt, trace: Tensor, stopper: EarlyStopping | None
+    path: Path,
+    model: nn.Module,
+    opt,
+    trace: Tensor,
+    dropped: Tensor,
+    stopper: EarlyStopping | None,
 ) -> int:
     with safe_open(str(path), framework="pt") as f:
         metadata = f.metadata()
@@ -342,6 +465,8 @@ def _load_checkpoint(
     saved = tensors["trace"]
     n = min(len(saved), len(trace))
     trace[:n] = saved[:n]
+    if "dropped" in tensors:
+        dropped[:n] = tensors["dropped"][:n]
     if stopper is not None:
         stop = {k.removeprefix("stop/"): v for k, v in tensors.items() if k.startswith("stop/")}
         if "valid_trace" not in stop:

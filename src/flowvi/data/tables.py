@@ -176,3 +176,52 @@ def _check_columns(x: np.ndarray, header: list[str] | None, path: Path) -> None:
             f"a zero-variance column has no density: drop it "
             f"({constant.size} constant column(s): {', '.join(map(str, constant.tolist()))})"
         )
+
+
+def read_arrays(path: str | Path, *, dtype: torch.dtype = torch.float32) -> dict[str, Tensor]:
+    """Named arrays for a model's keyword arguments, read without pickle.
+
+    ``.csv``: a table with a header; each column is an array ``(n,)`` named by its header cell.
+    ``.npz``: each array under its name. ``.pt``: a dict of tensors (``torch.load`` with
+    ``weights_only=True``). Floating arrays take ``dtype``; integer arrays (indices, counts)
+    stay ``int64``; boolean arrays stay boolean.
+
+    Raises:
+        ValueError: for a missing file, another suffix, a CSV without a header, names that are
+            not Python identifiers, a non-numeric array or NaN/inf in a floating one (named).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"no data file {path}")
+    if path.suffix == ".csv":
+        x, header = _read_csv(path)
+        if header is None:
+            raise ValueError(f"{path}: a model's data needs a header naming each column")
+        arrays = {name: x[:, j] for j, name in enumerate(header)}
+    elif path.suffix == ".npz":
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                arrays = {name: data[name] for name in data.files}
+        except (ValueError, OSError) as error:
+            raise ValueError(f"{path}: cannot read it as .npz without pickle: {error}") from None
+    elif path.suffix == ".pt":
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # torch raises several kinds for a bad file
+            raise ValueError(f"{path}: cannot read it as a dict of tensors: {error}") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a dict of named tensors, got {type(data).__name__}")
+        arrays = {str(k): torch.as_tensor(v).numpy() for k, v in data.items()}
+    else:
+        raise ValueError(f"{path}: model data must be .csv, .npz or .pt, not {path.suffix!r}")
+    out = {}
+    for name, array in arrays.items():
+        if not name.isidentifier():
+            raise ValueError(f"{path}: {name!r} is not a valid keyword argument name")
+        if array.dtype.kind not in "biuf":
+            raise ValueError(f"{path}: array {name!r} is not numeric ({array.dtype})")
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            raise ValueError(f"{path}: array {name!r} holds NaN or inf")
+        tensor = torch.as_tensor(np.ascontiguousarray(array))
+        out[name] = tensor.to(dtype) if tensor.is_floating_point() else tensor
+    return out

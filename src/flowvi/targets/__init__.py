@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-import importlib
+from collections.abc import Callable
+
+from torch import Tensor
 
 from flowvi._checks import check_choice
+from flowvi._imports import load_object
 from flowvi.targets.base import FunctionTarget, Target
 from flowvi.targets.bayes import EightSchools, LogisticRegression
 from flowvi.targets.energies import ENERGIES, Energy, box_penalty
@@ -21,7 +24,8 @@ def get(name: str, *, dim: int | None = None, confine: bool | None = None) -> Ta
         name: ``U1``–``U4`` (Rezende & Mohamed 2015, Table 1), ``gaussian``, ``mixture``,
             ``banana``, ``eight-schools`` (non-centered, d = 10), ``logistic-regression``
             (breast_cancer, d = 31; see :mod:`flowvi.targets.bayes`), or
-            ``"package.module:function"`` for a function mapping ``z: (batch, d)``
+            ``"package.module:function"`` (modules in the current directory are found) or
+            ``"path/to/file.py:function"`` for a function mapping ``z: (batch, d)``
             to an unnormalized log density ``(batch,)`` in nats.
         dim: required for a user's function; for a built-in target it must equal its dimension
             (``gaussian`` accepts any ``dim``, default 2).
@@ -53,14 +57,33 @@ def get(name: str, *, dim: int | None = None, confine: bool | None = None) -> Ta
     return target
 
 
+def as_target(target: Target | Callable[[Tensor], Tensor], *, dim: int) -> Target:
+    """``target`` as a :class:`Target`: a Target as it is, or a function
+    ``log_p(z: (batch, dim)) -> (batch,)`` (unnormalized, nats) wrapped in a
+    :class:`FunctionTarget` of dimension ``dim``.
+
+    Raises:
+        TypeError: if ``target`` is neither a Target nor callable.
+        ValueError: if the function fails on, or returns the wrong shape for, a probe batch.
+    """
+    if isinstance(target, Target):
+        return target
+    if not callable(target):
+        raise TypeError(
+            "a target is a flowvi.targets.Target or a function log_p(z: (batch, d)) -> (batch,); "
+            f"got {type(target).__name__}"
+        )
+    return FunctionTarget(target, dim)
+
+
 def _import(spec: str, dim: int | None) -> Target:
-    module_name, _, attr = spec.partition(":")
     if dim is None:
         raise ValueError(f"a user target ({spec}) needs its dimension: pass dim (--dim on the CLI)")
-    try:
-        fn = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as error:
-        raise ValueError(f"cannot import target {spec!r}: {error}") from error
+    fn = load_object(spec, what="target")
+    if isinstance(fn, Target):
+        if fn.dim != dim:
+            raise ValueError(f"target {spec} is {fn.dim}-dimensional, but dim={dim} was given")
+        return fn
     if not callable(fn):
         raise ValueError(f"target {spec!r} is not callable")
     return FunctionTarget(fn, dim, name=spec)
@@ -77,6 +100,7 @@ __all__ = [
     "LogisticRegression",
     "Site",
     "Target",
+    "as_target",
     "box_penalty",
     "get",
 ]

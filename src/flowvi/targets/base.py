@@ -65,6 +65,11 @@ class Target(nn.Module):
             )
         return self._log_prob(z)
 
+    def initial_point(self) -> Tensor:
+        """Where a fit starts its guide, ``(d,)`` in the unconstrained space: zeros here; a
+        model's prior median (:class:`flowvi.pyro.PyroTarget`)."""
+        return torch.zeros(self.dim)
+
     def energy(self, z: Tensor) -> Tensor:
         """:math:`U(z) = -\\ln \\tilde p(z)`, shape ``(*batch,)``."""
         return -self.log_prob(z)
