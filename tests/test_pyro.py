@@ -163,11 +163,17 @@ def local_latent_model(data):
         pyro.sample("obs", dist.Normal(z, 1.0), obs=data[idx])
 
 
-def test_refuses_discrete_and_subsampled_latents():
+def undeclared_batch_model():
+    pyro.sample("w", dist.Normal(torch.zeros(3), 1.0))
+
+
+def test_refuses_discrete_subsampled_and_undeclared_latents():
     with pytest.raises(ValueError, match=r"'k'.*discrete"):
         target(discrete_model)
     with pytest.raises(ValueError, match=r"'local'.*subsampled plate 'data'"):
         target(local_latent_model, torch.randn(20))
+    with pytest.raises(ValueError, match=r"'w' has a batch dim of size 3 at dim -1"):
+        target(undeclared_batch_model)
 
 
 def subsampled(data):
@@ -269,7 +275,7 @@ def test_svi_recovers_the_conjugate_posterior():
     post_mean, post_sd = y.sum(0) / 11, 1 / math.sqrt(11)
     guide = FlowGuide(conjugate, flow="iaf", length=2, hidden=(8,), quantile_samples=20_000)
     elbo = TraceMeanField_ELBO(num_particles=16, vectorize_particles=True)
-    svi = SVI(conjugate, guide, pyro.optim.ClippedAdam({"lr": 0.03, "lrd": 0.99}), elbo)
+    svi = SVI(conjugate, guide, pyro.optim.ClippedAdam({"lr": 0.05, "lrd": 0.985}), elbo)
     for _ in range(300):
         svi.step(y)
     with torch.no_grad():

@@ -87,8 +87,8 @@ def _latent_site(name: str, node: dict) -> Site:
     """The :class:`Site` of one latent sample site of a trace.
 
     Raises:
-        ValueError: for a discrete site, a support with no bijection from the reals, or a site
-            inside a subsampled plate.
+        ValueError: for a discrete site, a support with no bijection from the reals, a site
+            inside a subsampled plate, or a batch dim that no plate declares.
     """
     fn = node["fn"]
     support = fn.support
@@ -103,6 +103,16 @@ def _latent_site(name: str, node: dict) -> Site:
                 f"latent site {name!r} lies in the subsampled plate {frame.name!r} "
                 f"({frame.size} of {frame.full_size}): its shape changes from call to call; "
                 "only observed sites may be subsampled"
+            )
+    plate_dims = {frame.dim for frame in node["cond_indep_stack"] if frame.vectorized}
+    batch_shape = fn.batch_shape
+    for i, size in enumerate(batch_shape):
+        dim = i - len(batch_shape)
+        if size > 1 and dim not in plate_dims:
+            raise ValueError(
+                f"latent site {name!r} has a batch dim of size {size} at dim {dim} that no "
+                "pyro.plate declares: declare it with a plate, or make it an event dim with "
+                ".to_event()"
             )
     try:
         transform = biject_to(support)
@@ -172,8 +182,10 @@ class PyroTarget(Target):
 
     Raises:
         ValueError: if the model has no latent site, or a latent site is discrete, has a support
-            with no bijection from the reals, or lies in a subsampled plate (the message names
-            the site).
+            with no bijection from the reals, lies in a subsampled plate, or has a batch dim
+            that no ``pyro.plate`` declares (the message names the site).
+        RuntimeError: from ``log_prob``, if the model samples a latent site its first trace did
+            not have.
     """
 
     def __init__(self, model: Callable, *args: Any, **kwargs: Any) -> None:
@@ -192,9 +204,10 @@ class PyroTarget(Target):
         return [site.name for site in self.sites]
 
     def unpack(self, z: Tensor) -> dict[str, tuple[Tensor, Tensor]]:
-        """Each site's ``(u, x)``: the unconstrained and constrained values of ``z: (n, d)``,
-        shaped ``(n, 1, …, 1, *shape)`` for the particle plate at dim
-        ``-(max_plate_nesting + 1)`` (trailing singleton dims are the model's unused plates)."""
+        """Each site's ``(u, x)``, its unconstrained and constrained values at ``z: (n, d)``:
+        ``u`` of shape ``(n, 1, …, 1, *unconstrained_shape)`` broadcast as in Pyro's
+        ``AutoContinuous`` (``n`` at dim ``-(max_plate_nesting + 1)`` of the batch dims, the
+        singletons standing for the model's plates that the site is not in), ``x = T(u)``."""
         n = z.shape[0]
         out = {}
         for site, piece in split(self.sites, z):
