@@ -653,7 +653,10 @@ def _fit(args: argparse.Namespace) -> int:
     summary = {}
     for config, directory in jobs:
         metrics = run_fit(config, directory, resume=resume, progress=progress)
+        table = metrics.pop("posterior_table", None)
         summary[config.target] = metrics
+        if table is not None:
+            print(table)
         print(f"{config.target}: {_line(metrics)} -> {directory}")
     if not single:
         fits = [load_fit(d) for _, d in jobs]

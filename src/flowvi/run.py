@@ -61,9 +61,9 @@ class FitConfig:
     (Bayesian models, a user's function or Pyro ``model``) an IAF with K = 4 on a diagonal
     Gaussian starting at scale ``init_scale``, without annealing.
 
-    ``pyro_model`` (``--model``: ``file.py:name`` or ``module:name``) names a Pyro model, fitted in its
-    unconstrained space (:func:`flowvi.pyro.target`); ``data`` a ``.csv``/``.npz``/``.pt`` of
-    named arrays passed to it as keyword arguments.
+    ``pyro_model`` (``--model``: ``file.py:name`` or ``module:name``) names a Pyro model,
+    fitted in its unconstrained space (:func:`flowvi.pyro.target`); ``data`` a ``.csv``,
+    ``.npz`` or ``.pt`` of named arrays passed to it as keyword arguments.
     """
 
     target: str = "U1"
@@ -211,7 +211,8 @@ def run_fit(
     (iteration, beta, annealed free energy, samples dropped), ``metrics.json`` (with
     ``dropped_samples``) and ``fit.png`` (2-D targets); for a target with named parameters (a
     model) also the posterior summary (:mod:`flowvi.posterior`): ``summary.csv``,
-    ``summary.json`` and ``posterior.nc`` (arviz InferenceData). Returns the metrics.
+    ``summary.json`` and ``posterior.nc`` (arviz InferenceData). Returns the metrics (and,
+    for a model, its summary table as ``posterior_table``, for printing).
 
     Raises:
         ValueError: for invalid settings or a target of the wrong dimension (before any work),
@@ -262,14 +263,16 @@ def run_fit(
     metrics["verdict"] = verdict(metrics)
     metrics["dropped_samples"] = int(drop.dropped.sum())
     metrics["dropped_iterations"] = int((drop.dropped > 0).sum())
+    table = None
     if has_named_sites(target):
         summary = summarize(flow, target, samples=min(config.samples, 4000))
         summary.write(directory)
         metrics["posterior"] = {k: v for k, v in summary.to_dict().items() if k != "rows"}
+        table = summary.table()
     write_json(directory / "metrics.json", metrics)
     if target.dim == 2 and target.box is not None:
         fit_figure([(target, flow)], directory / "fit.png", titles=[caption(target.name, metrics)])
-    return metrics
+    return metrics if table is None else metrics | {"posterior_table": table}
 
 
 def has_named_sites(target: targets.Target) -> bool:
