@@ -301,6 +301,8 @@ def test_svi_recovers_the_conjugate_posterior():
     reference = AutoDiagonalNormal(conjugate)
     expected = Predictive(conjugate, guide=reference, num_samples=30)(y)
     assert {k: v.shape for k, v in samples.items()} == {k: v.shape for k, v in expected.items()}
+    parallel = Predictive(conjugate, guide=guide, num_samples=30, parallel=True)(y)
+    assert {k: v.shape for k, v in parallel.items()} == {k: v.shape for k, v in samples.items()}
     torch.testing.assert_close(samples["mu"].mean((0, 1)), post_mean, rtol=0, atol=0.25)
 
 
