@@ -89,6 +89,13 @@ def test_unknown_name_and_wrong_dimension():
         flowvi.targets.get("U1").log_prob(torch.zeros(5, 3))
 
 
+@pytest.mark.parametrize("dim", [-3, 0, 2.5, True, "2"])
+@pytest.mark.parametrize("name", ["gaussian", "U1", "tests_userdens_unused:fn"])
+def test_a_dimension_that_is_not_a_positive_integer_is_refused_by_name(name, dim):
+    with pytest.raises(ValueError, match=rf"dim must be a positive integer, got {dim!r}"):
+        flowvi.targets.get(name, dim=dim)
+
+
 def test_user_targets(tmp_path, monkeypatch):
     (tmp_path / "userdens.py").write_text(
         "import torch\n"

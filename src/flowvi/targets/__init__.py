@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from torch import Tensor
 
-from flowvi._checks import check_choice
+from flowvi._checks import check_choice, check_dim
 from flowvi._imports import load_object
 from flowvi.targets.base import FunctionTarget, Target
 from flowvi.targets.bayes import EightSchools, LogisticRegression
@@ -34,8 +34,11 @@ def get(name: str, *, dim: int | None = None, confine: bool | None = None) -> Ta
 
     Raises:
         ValueError: for an unknown name (the valid ones are listed), a module or function that
-            cannot be imported, or a ``dim`` that does not match the target.
+            cannot be imported, a ``dim`` that is not a positive integer, or one that does not
+            match the target.
     """
+    if dim is not None:
+        check_dim(dim, "dim")
     if ":" in name:
         return _import(name, dim)
     name = {n.lower(): n for n in NAMES}.get(name.lower(), name)  # "u1" means "U1"
