@@ -670,10 +670,15 @@ def key(settings: dict) -> str:
     return json.dumps(settings, sort_keys=True)
 
 
-def label(settings: dict) -> str:
-    """A short name for a record's fitting settings."""
+def label(settings: dict, budget: int | None = None) -> str:
+    """A short name for a record's fitting settings; the samples per step are left out when they
+    are ``budget``, the peers'."""
     if settings["library"] != "flowvi":
-        return f"S {settings['batch_size']}, lr {settings['lr']:g}"
+        return (
+            f"lr {settings['lr']:g}"
+            if budget
+            else f"S {settings['batch_size']}, lr {settings['lr']:g}"
+        )
     o = settings["fit_options"]
     parts = []
     if "anneal_iters" in o:
@@ -686,7 +691,9 @@ def label(settings: dict) -> str:
         parts.append(
             f"anneal {o['anneal']:g} from {o.get('beta0')}" if o["anneal"] else "no anneal"
         )
-    parts.append(f"S {o.get('batch_size')}, lr {o.get('lr'):g}")
+    if o.get("batch_size") != budget:
+        parts.append(f"S {o.get('batch_size')}")
+    parts.append(f"lr {o.get('lr'):g}")
     if o.get("optimizer", "adam") != "adam":
         parts.append(o["optimizer"])
     if settings.get("init_scale") is not None:
@@ -742,6 +749,43 @@ def markdown(records: list[dict]) -> str:
     return "\n".join(out)
 
 
+def summary(records: list[dict]) -> str:
+    """One row per (guide, settings), one column per model: the medians over seeds of
+    ELBO / mean |sd err| / seconds per fit, and the failures. Samples per step are named only
+    where they differ from the peers' on that model."""
+    models = [m for m in MODELS if any(r["settings"]["model"] == m for r in records)]
+    budget = {r["settings"]["model"]: r["settings"]["batch_size"] for r in records
+              if r["settings"]["library"] != "flowvi"}  # fmt: skip
+    rows: dict[tuple, dict[str, list[dict]]] = {}
+    for r in records:
+        st = r["settings"]
+        lab = label(st, budget.get(st["model"]))
+        rows.setdefault((st["guide"], lab), {}).setdefault(st["model"], []).append(r)
+    gorder = {g: i for i, g in enumerate(GUIDES)}
+    out = [
+        "| guide | settings | " + " | ".join(models) + " |",
+        "|---|---|" + "---:|" * len(models),
+    ]
+    for (guide, lab), by_model in sorted(rows.items(), key=lambda kv: (gorder[kv[0][0]], kv[0])):
+        cells = []
+        for m in models:
+            group = by_model.get(m, [])
+            ok = [r for r in group if r["failure"] is None]
+            if not group:
+                cells.append("")
+                continue
+            cell = (
+                f"{fmt(_median([r.get('elbo') for r in ok]), '.2f')} / "
+                f"{fmt(_median([r.get('sd_error') for r in ok]), '.3f')} / "
+                f"{fmt(_median([r.get('seconds') for r in group]), '.0f')} s"
+            )
+            if len(ok) < len(group):
+                cell += f" ({len(group) - len(ok)} of {len(group)} failed)"
+            cells.append(cell)
+        out.append(f"| {guide} | {lab} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -792,6 +836,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--smoke", action="store_true", help="tiny budgets; results not saved")
     parser.add_argument("--out", type=Path, default=RESULTS / "posteriors.jsonl")
     parser.add_argument("--markdown", action="store_true", help="print the table of all records")
+    parser.add_argument(
+        "--summary",
+        action="store_true",
+        help="print one row per guide and settings, one column per model: "
+        "ELBO / mean |sd err| / seconds (medians over seeds)",
+    )
     parser.add_argument("--table-only", action="store_true", help="fit nothing")
     args = parser.parse_args(argv)
     if args.smoke:
@@ -849,6 +899,8 @@ def main(argv=None) -> None:
                     records.append(record)
     if s.markdown:
         print(markdown(records))
+    if s.summary:
+        print(summary(records))
 
 
 if __name__ == "__main__":
