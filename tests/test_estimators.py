@@ -117,6 +117,17 @@ def test_estimators_cli_writes_table_and_figure(tmp_path, capsys):
         EstimatorsConfig(repeats=1).validate()
 
 
+@pytest.mark.parametrize("mu", [math.nan, math.inf, -math.inf, "1"])
+def test_a_mu_that_is_not_a_finite_number_is_refused(tmp_path, capsys, mu):
+    with pytest.raises(ValueError, match=r"--mu must be a finite number, got"):
+        EstimatorsConfig(mu=mu).validate()
+    if isinstance(mu, float):
+        code = main(["estimators", f"--mu={mu}", "--repeats", "2", "--out", str(tmp_path)])
+        assert code == 2
+        assert "--mu must be a finite number" in capsys.readouterr().err
+        assert not list(tmp_path.iterdir())
+
+
 def test_control_variates_stay_stable_for_concentrated_categorical_factors():
     # random logits (sd 4): many q(c_i) nearly one-hot, so the other samples' scores are nearly
     # equal; a centred Cov/Var scale then divides by a variance near zero (it gave a reduction

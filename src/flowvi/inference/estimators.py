@@ -73,7 +73,12 @@ class EstimatorsConfig:
 
     def validate(self) -> None:
         """Raises ``ValueError`` for sample sizes below 3 (the leave-one-out control variate
-        needs two other samples) or non-positive counts."""
+        needs two other samples), non-positive counts, or a ``mu`` that is not a finite
+        number."""
+        if isinstance(self.mu, bool) or not isinstance(self.mu, int | float):
+            raise ValueError(f"--mu must be a finite number, got {self.mu!r}")
+        if not math.isfinite(self.mu):
+            raise ValueError(f"--mu must be a finite number, got {self.mu}")
         if not self.samples or min(self.samples) < 3:
             raise ValueError(f"every sample size must be >= 3, got {self.samples}")
         check_dim(self.repeats, "--repeats")
