@@ -280,6 +280,13 @@ def test_cli_train_eval_end_to_end_and_resume_equals_uninterrupted(tmp_path, cap
     assert len(metrics["layers"]) == 2  # what each of the K = 2 planar layers does
     config = json.loads((full / "config.json").read_text())
     assert config["posterior"] == "planar" and config["binarize"] == "dynamic"
+    # --samples 0 is refused (it used to fall back to the run's eval_samples), metrics kept
+    capsys.readouterr()
+    assert main(["vae", "eval", str(full), "--samples", "0", "--quiet"]) == 2
+    assert "--samples (importance samples per image) must be a positive integer, got 0" in (
+        capsys.readouterr().err
+    )
+    assert json.loads((full / "metrics.json").read_text()) == again
 
 
 def test_cli_refuses_bad_settings(tmp_path, capsys):
@@ -289,6 +296,18 @@ def test_cli_refuses_bad_settings(tmp_path, capsys):
     assert "posterior" in capsys.readouterr().err
     assert main(["vae", "eval", str(tmp_path / "missing")]) == 2
     assert main(["vae", "train", "--warmup", "-1", "--out", str(tmp_path / "b")]) == 2
+
+
+@pytest.mark.parametrize(
+    ("option", "value"), [("samples", 0), ("samples", -5), ("chunk", 0), ("samples", True)]
+)
+def test_eval_refuses_a_sample_count_that_is_not_positive_before_reading_the_run(
+    tmp_path, option, value
+):
+    from flowvi.vae.run import evaluate_vae
+
+    with pytest.raises(ValueError, match=rf"--{option} .* must be a positive integer"):
+        evaluate_vae(tmp_path / "not-read", **{option: value})
 
 
 def test_flow_context_projects_only_the_layers_context():

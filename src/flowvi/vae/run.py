@@ -400,8 +400,14 @@ def evaluate_vae(
     ``progress``: a progress bar over the importance-sampled test images (tqdm).
 
     Raises:
-        ValueError: for ``compare`` runs without a 2-D latent space or on other data.
+        ValueError: for ``samples`` or ``chunk`` given but not a positive integer (checked
+            before the run is read), or ``compare`` runs without a 2-D latent space or on other
+            data.
     """
+    if samples is not None:  # 0 must not fall back to the run's eval_samples
+        check_dim(samples, "--samples (importance samples per image)")
+    if chunk is not None:
+        check_dim(chunk, "--chunk (samples drawn at a time)")
     if (Path(directory) / CONFIG).exists():
         if read_json(Path(directory) / CONFIG).get("model") == "nlpca":
             from flowvi.vae.pca import evaluate_nlpca
@@ -412,13 +418,12 @@ def evaluate_vae(
     others = _compared_runs(config, compare, device)
     splits = _splits(config)
     x = splits.test.to(device=next(model.parameters()).device, dtype=DTYPES[config.dtype])
-    k = samples or config.eval_samples
+    k = config.eval_samples if samples is None else samples
+    chunk = config.eval_chunk if chunk is None else chunk
     torch.manual_seed(seed)
     start = time.perf_counter()
     neg_elbo, elbo_se = mean_and_se(-mean_elbo(model, x))
-    nll, nll_se = mean_and_se(
-        -log_likelihood(model, x, samples=k, chunk=chunk or config.eval_chunk, progress=progress)
-    )
+    nll, nll_se = mean_and_se(-log_likelihood(model, x, samples=k, chunk=chunk, progress=progress))
     metrics = {
         "test_neg_elbo": neg_elbo,
         "test_neg_elbo_se": elbo_se,
