@@ -16,6 +16,7 @@ from pyro.infer.autoguide import AutoDiagonalNormal  # noqa: E402
 from torch.distributions import biject_to  # noqa: E402
 
 import flowvi  # noqa: E402
+from flowvi._imports import load_object  # noqa: E402
 from flowvi.flows import build  # noqa: E402
 from flowvi.flows.flow import FlowDistribution  # noqa: E402
 from flowvi.pyro import FlowGuide, PyroTarget, target  # noqa: E402
@@ -340,3 +341,86 @@ def test_import_without_pyro_names_the_extra(monkeypatch):
     monkeypatch.delitem(sys.modules, "flowvi.pyro")
     with pytest.raises(ImportError, match=r'pip install "flowvi\[pyro\]"'):
         importlib.import_module("flowvi.pyro")
+
+
+MODEL_FILE = """
+import pyro, pyro.distributions as dist, torch
+
+def model(y, x):
+    w = pyro.sample("w", dist.Normal(0.0, 10.0))
+    sigma = pyro.sample("sigma", dist.HalfNormal(5.0))
+    with pyro.plate("data", len(y)):
+        pyro.sample("y", dist.Normal(w * x, sigma), obs=y)
+"""
+
+
+def test_cli_fits_a_pyro_model_file_with_data_and_the_run_gives_back_a_guide(tmp_path, monkeypatch):
+    from flowvi.cli import main
+
+    torch.manual_seed(1)
+    x = torch.linspace(-2, 2, 200)
+    y = 1.5 * x + 0.5 * torch.randn(200)
+    (tmp_path / "models.py").write_text(MODEL_FILE)
+    (tmp_path / "data.csv").write_text(
+        "y,x\n" + "".join(f"{a:.6f},{b:.6f}\n" for a, b in zip(y.tolist(), x.tolist(), strict=True))
+    )
+    monkeypatch.chdir(tmp_path)
+    torch.set_default_dtype(torch.float32)
+    argv = ["fit", "--model", "models.py:model", "--data", "data.csv", "--iters", "1500"]
+    assert main([*argv, "--samples", "4000", "--quiet", "--out", "run"]) == 0
+    for name in ("summary.csv", "summary.json", "posterior.nc", "metrics.json", "trace.csv"):
+        assert (tmp_path / "run" / name).is_file(), name
+    rows = {r["parameter"]: r for r in csv_rows(tmp_path / "run" / "summary.csv")}
+    # the exact posterior of w (sigma near 0.5): mean Σxy/Σx², sd σ/√Σx²
+    exact_mean = float((x * y).sum() / (x * x).sum())
+    exact_sd = 0.5 / float((x * x).sum().sqrt())
+    assert float(rows["w"]["mean"]) == pytest.approx(exact_mean, abs=3 * exact_sd)
+    assert float(rows["w"]["sd"]) == pytest.approx(exact_sd, rel=0.3)
+    assert 0.4 < float(rows["sigma"]["50%"]) < 0.6  # constrained space: sigma itself
+    idata = pytest.importorskip("arviz").from_netcdf(tmp_path / "run" / "posterior.nc")
+    assert (idata.posterior["sigma"].values > 0).all()
+
+    flow = flowvi.load(tmp_path / "run")
+    model = load_object("models.py:model")
+    guide = FlowGuide(model, flow=flow)
+    draws = Predictive(model, guide=guide, num_samples=500)(y, x)
+    assert draws["w"].numel() == 500 and draws["y"].shape == (500, 200)
+    assert float(draws["w"].mean()) == pytest.approx(exact_mean, abs=3 * exact_sd + 0.01)
+    with pytest.raises(ValueError, match="coordinates"):
+        FlowGuide(model, flow=build("affine", 3))(y, x)
+
+
+def csv_rows(path):
+    import csv
+
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_the_initial_point_is_the_prior_median_in_the_unconstrained_space():
+    def model():
+        pyro.sample("m", dist.Normal(3.0, 1e-3))
+        pyro.sample("s", dist.LogNormal(math.log(2.0), 1e-3))
+
+    point = target(model).initial_point()
+    torch.testing.assert_close(point, torch.tensor([3.0, math.log(2.0)]), atol=1e-2, rtol=0)
+
+
+def test_cli_refuses_bad_model_inputs_before_any_work(tmp_path, monkeypatch, capsys):
+    from flowvi.cli import main
+
+    (tmp_path / "models.py").write_text(MODEL_FILE)
+    (tmp_path / "nohead.csv").write_text("1,2\n3,4\n")
+    monkeypatch.chdir(tmp_path)
+    cases = [
+        (["--model", "models.py:nope"], "has no 'nope'"),
+        (["--model", "missing.py:model"], "no file"),
+        (["--model", "models.py:model", "--data", "nohead.csv"], "header"),
+        (["--model", "models.py:model"], "failed when traced"),  # y and x missing
+        (["--data", "nohead.csv"], "needs --model"),
+        (["--model", "models.py:model", "--target", "U1"], "not both"),
+    ]
+    for args, message in cases:
+        assert main(["fit", *args, "--quiet", "--out", "run"]) == 2, args
+        assert message in capsys.readouterr().err, args
+        assert not (tmp_path / "run").exists()

@@ -43,10 +43,10 @@ import torch
 from torch import Tensor
 from torch.distributions import biject_to, constraints
 
-from flowvi.flows import LAYERS, build
+from flowvi.flows import LAYERS, NormalizingFlow, build
 from flowvi.flows.flow import FlowDistribution
 from flowvi.targets.base import Target
-from flowvi.targets.sites import Site, constrain, split
+from flowvi.targets.sites import Site, constrain, split, unconstrain
 
 _PARTICLES = "_flowvi_particles"
 
@@ -198,6 +198,15 @@ class PyroTarget(Target):
         self.max_plate_nesting = _max_plate_nesting(trace)
         self._fn_event_dims = {name: trace.nodes[name]["fn"].event_dim for name in self.names}
 
+    def initial_point(self, init_loc_fn: Callable = init_to_median) -> Tensor:
+        """Where a fit starts, ``(d,)``: each latent site at ``init_loc_fn`` (Pyro's
+        initialization strategies; the prior median by default, from 15 prior draws of torch's
+        generator), mapped to the unconstrained space, in the model's order."""
+        with torch.no_grad(), poutine.block():
+            trace = poutine.trace(self.model).get_trace(*self.args, **self.kwargs)
+            values = {name: init_loc_fn(trace.nodes[name]) for name in self.names}
+        return unconstrain(self.sites, values).to(torch.get_default_dtype())
+
     @property
     def names(self) -> list[str]:
         """The latent sites' names, in the order of their slices of ``z``."""
@@ -347,7 +356,10 @@ class FlowGuide(AutoContinuous):
 
     Args:
         model: a Pyro model with continuous latent sites, none in a subsampled plate.
-        flow: a family in :data:`flowvi.flows.LAYERS` (``iaf`` samples in one pass).
+        flow: a family in :data:`flowvi.flows.LAYERS` (``iaf`` samples in one pass), or a
+            fitted :class:`~flowvi.flows.NormalizingFlow` over the model's unconstrained latent
+            (``flowvi.load(DIR)`` of a ``flowvi fit --model`` run), used as it is (``length``,
+            ``hidden``, ``init_*`` then do not apply).
         length: the number of layers.
         hidden: hidden sizes of the layers' networks (coupling, autoregressive and residual
             families; the others have none and ignore it).
@@ -379,20 +391,23 @@ class FlowGuide(AutoContinuous):
         self,
         model: Callable,
         *,
-        flow: str = "iaf",
+        flow: str | NormalizingFlow = "iaf",
         length: int = 4,
         hidden: Sequence[int] = (32, 32),
         init_loc_fn: Callable = init_to_median,
         init_scale: float = 0.1,
         quantile_samples: int = 10_000,
     ) -> None:
-        if flow not in LAYERS:
+        if isinstance(flow, NormalizingFlow):
+            pass  # a fitted flow, e.g. flowvi.load(DIR) of a flowvi fit --model run
+        elif flow not in LAYERS:
             raise ValueError(f"unknown flow {flow!r}; choose one of {', '.join(LAYERS)}")
+        else:
+            build(flow, 2, length=length, base="diagonal", hidden=hidden)  # checks the options
         if not (isinstance(init_scale, int | float) and init_scale > 0):
             raise ValueError(f"init_scale must be positive, got {init_scale!r}")
         if int(quantile_samples) < 1:
             raise ValueError(f"quantile_samples must be at least 1, got {quantile_samples}")
-        build(flow, 2, length=length, base="diagonal", hidden=hidden)  # validates the options
         self._flow_options = {"flow": flow, "length": length, "hidden": tuple(hidden)}
         self.init_scale = float(init_scale)
         self.quantile_samples = int(quantile_samples)
@@ -403,6 +418,15 @@ class FlowGuide(AutoContinuous):
         self.sites = _latent_sites(self.prototype_trace)
         loc = self._init_loc()
         options = self._flow_options
+        if isinstance(options["flow"], NormalizingFlow):
+            flow = options["flow"]
+            if flow.event_shape != (self.latent_dim,):
+                raise ValueError(
+                    f"the flow is over {tuple(flow.event_shape)}, but the model's unconstrained "
+                    f"latent has {self.latent_dim} coordinates"
+                )
+            self.flow = flow.to(device=loc.device, dtype=loc.dtype)
+            return
         flow = build(
             options["flow"],
             self.latent_dim,
