@@ -129,3 +129,122 @@ def test_save_refuses_what_it_cannot_rebuild(tmp_path):
     with pytest.raises(ValueError, match="base"):
         flowvi.save(flow, tmp_path)
     assert not (tmp_path / "config.json").exists()
+
+
+def _conditional_flow(seed=0):
+    """Amortized planar layers on a 3-d context: ``flow(context)`` has batch shape ``*batch``."""
+    torch.manual_seed(seed)
+    layers = [Planar(2, context_dim=3), Planar(2, context_dim=3)]
+    return flowvi.NormalizingFlow(StandardNormal(2), layers).double()
+
+
+def _tensors(result):
+    return result if isinstance(result, tuple) else (result,)
+
+
+@pytest.mark.parametrize("method", ["sample", "rsample", "rsample_and_log_prob"])
+@pytest.mark.parametrize("of", ["module", "distribution"])
+def test_an_int_sample_shape_means_one_dimension(method, of):
+    flow = _flow()
+    target = flow if of == "module" else flow()
+    torch.manual_seed(3)
+    from_int = getattr(target, method)(5)
+    torch.manual_seed(3)
+    from_tuple = getattr(target, method)((5,))
+    pairs = zip(_tensors(from_int), _tensors(from_tuple), strict=True)
+    for a, b in pairs:
+        assert a.shape[0] == 5
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="non-negative"):
+        getattr(target, method)(-1)
+
+
+_ESTIMATE = {
+    "mean": (lambda q: q.mean, r"no closed-form mean: .*sample\(\(n,\)\)\.mean\(0\)"),
+    "variance": (lambda q: q.variance, r"no closed-form variance: .*\.var\(0\)"),
+    "stddev": (lambda q: q.stddev, r"no closed-form standard deviation: .*\.std\(0\)"),
+    "mode": (lambda q: q.mode, r"no closed-form mode: .*log_prob"),
+    "entropy": (lambda q: q.entropy(), r"no closed-form entropy: .*rsample_and_log_prob"),
+    "cdf": (lambda q: q.cdf(torch.zeros(2, dtype=torch.float64)), r"no closed-form CDF: .*sample"),
+    "icdf": (lambda q: q.icdf(torch.tensor(0.5)), r"no closed-form inverse CDF .*quantile"),
+    "enumerate_support": (lambda q: q.enumerate_support(), "continuous .* no finite support"),
+}
+
+
+@pytest.mark.parametrize("name", list(_ESTIMATE))
+@pytest.mark.parametrize("of", ["module", "distribution"])
+def test_quantities_without_a_closed_form_say_how_to_estimate_them(name, of):
+    flow = _flow()
+    call, message = _ESTIMATE[name]
+    with pytest.raises(NotImplementedError, match=message):
+        call(flow if of == "module" else flow())
+
+
+def test_the_entropy_estimate_the_message_suggests_is_right():
+    """-E[ln q(x)] by rsample_and_log_prob, against the closed-form entropy of a linear flow."""
+    flow = flowvi.flows.build("triangular", 2).double()
+    with torch.no_grad():
+        flow.layers[0].params["matrix"].copy_(torch.tensor([[2.0, 0.0], [0.5, 0.3]]))
+    torch.manual_seed(0)
+    estimate = -flow.rsample_and_log_prob((20_000,))[1].mean(0)
+    t = flow().transforms[0]
+    exact = MultivariateNormal(t.loc, scale_tril=t.scale_tril).entropy()
+    assert abs(float(estimate - exact)) < 0.03
+
+
+def test_expand_is_a_batch_of_independent_copies():
+    flow = _flow()
+    copies = flow.expand((3,))
+    assert copies.batch_shape == (3,) and copies.event_shape == (2,)
+    x = torch.randn(5, 3, 2, dtype=torch.float64)
+    torch.testing.assert_close(copies.log_prob(x), flow.log_prob(x), rtol=0, atol=0)
+    joint = Independent(copies, 1)
+    assert joint.event_shape == (3, 2)
+    torch.testing.assert_close(joint.log_prob(x), flow.log_prob(x).sum(-1), rtol=0, atol=0)
+    torch.manual_seed(0)
+    draws = copies.sample((4000,))
+    assert draws.shape == (4000, 3, 2)
+    # independent copies: the copies' first coordinates are uncorrelated, each has the flow's law
+    corr = torch.corrcoef(draws[:, :, 0].T)
+    assert (corr - torch.eye(3, dtype=torch.float64)).abs().max() < 0.1
+    torch.testing.assert_close(draws.mean(0), draws.mean((0, 1)).expand(3, 2), rtol=0, atol=0.1)
+    with pytest.raises(ValueError, match=r"batch shape \(3,\) to \(2,\)"):
+        copies.expand((2,))
+
+
+def test_independent_over_a_context_batch_and_expand_of_a_conditional_flow():
+    flow = _conditional_flow()
+    context = torch.randn(4, 3, dtype=torch.float64)
+    q = flow(context)
+    assert q.batch_shape == (4,)
+    x = torch.randn(6, 4, 2, dtype=torch.float64)
+    joint = Independent(q, 1)
+    assert joint.batch_shape == () and joint.event_shape == (4, 2)
+    torch.testing.assert_close(joint.log_prob(x), q.log_prob(x).sum(-1), rtol=0, atol=0)
+    assert joint.rsample((5,)).shape == (5, 4, 2)
+    wider = q.expand((2, 4))
+    y = torch.randn(2, 4, 2, dtype=torch.float64)
+    torch.testing.assert_close(wider.log_prob(y), q.log_prob(y), rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"batch shape \(4,\) to \(3,\)"):
+        q.expand((3,))
+    # an unconditional flow has no batch dimension to reinterpret: torch says so
+    independent = Independent(_flow(), 0)
+    torch.testing.assert_close(independent.log_prob(x[0]), _flow().log_prob(x[0]), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="reinterpreted_batch_ndims"):
+        Independent(_flow(), 1)
+
+
+def test_a_value_or_context_of_another_dtype_is_refused_naming_both():
+    flow = flowvi.flows.build("planar", 2, length=2)  # float32
+    with pytest.raises(TypeError, match=r"torch\.float64.*torch\.float32"):
+        flow.log_prob(torch.zeros(3, 2, dtype=torch.float64))
+    with pytest.raises(TypeError, match=r"torch\.int64.*torch\.float32"):
+        flow().log_prob(torch.zeros(3, 2, dtype=torch.long))
+    conditional = _conditional_flow().float()
+    context = torch.randn(4, 3, dtype=torch.float64)
+    with pytest.raises(TypeError, match=r"context has dtype torch\.float64.*torch\.float32"):
+        conditional.log_prob(torch.zeros(4, 2), context=context)
+    with pytest.raises(TypeError, match=r"context has dtype torch\.float64.*torch\.float32"):
+        conditional.sample(2, context=context)
+    assert conditional.log_prob(torch.zeros(4, 2), context=context.float()).shape == (4,)
+
