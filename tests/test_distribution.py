@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import stat
 
 import pytest
 import torch
@@ -248,3 +250,73 @@ def test_a_value_or_context_of_another_dtype_is_refused_naming_both():
         conditional.sample(2, context=context)
     assert conditional.log_prob(torch.zeros(4, 2), context=context.float()).shape == (4,)
 
+
+@pytest.fixture
+def saved_run(tmp_path):
+    flowvi.save(_flow(), tmp_path)
+    return tmp_path
+
+
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda d: _truncate(d / "config.json"), r"config\.json is not valid JSON"),
+        (lambda d: (d / "config.json").write_bytes(b"\xff\xfe"), r"config\.json is not valid"),
+        (lambda d: (d / "config.json").write_text("[1, 2]"), r"config\.json holds a JSON list"),
+        (lambda d: (d / "config.json").write_text("{}"), r"config\.json has no model entry"),
+        (
+            lambda d: (d / "config.json").write_text('{"model": "vae", "latent": 2}'),
+            r"config\.json is a 'vae' run, not a flow: load it with flowvi\.vae\.run\.load_vae",
+        ),
+        (
+            lambda d: (d / "config.json").write_text('{"model": {"d": 2, "base": "standard"}}'),
+            r"config\.json: its model entry cannot be rebuilt \(KeyError: 'layers'\)",
+        ),
+        (lambda d: _truncate(d / "model.safetensors"), r"model\.safetensors is not a readable"),
+        (lambda d: (d / "model.safetensors").unlink(), r"model\.safetensors does not exist"),
+        (
+            lambda d: flowvi.io.write_tensors(
+                d / "model.safetensors", flowvi.flows.build("planar", 3).state_dict()
+            ),
+            r"model\.safetensors does not hold the weights of the model in config\.json",
+        ),
+    ],
+    ids=[
+        "truncated-config",
+        "binary-config",
+        "config-not-an-object",
+        "no-model",
+        "vae-run",
+        "broken-model-entry",
+        "truncated-weights",
+        "no-weights",
+        "other-weights",
+    ],
+)
+def test_load_of_a_damaged_or_foreign_run_names_the_file(saved_run, damage, message):
+    damage(saved_run)
+    with pytest.raises(flowvi.io.RunError, match=message) as caught:
+        flowvi.load(saved_run)
+    assert isinstance(caught.value, ValueError)
+    assert str(saved_run) in str(caught.value)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002], ids=oct)
+def test_run_files_get_the_usual_permissions(tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        flowvi.save(_flow(), tmp_path)
+        flowvi.io.write_json(tmp_path / "other.json", {"a": 1})
+    finally:
+        os.umask(old)
+    for name in ("config.json", "model.safetensors", "other.json"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o666 & ~umask, name
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "config.json",
+        "model.safetensors",
+        "other.json",
+    ]  # no temporary file left behind

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import os
 import platform
-import tempfile
+import secrets
+import stat
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
@@ -18,6 +20,16 @@ from flowvi.flows import NormalizingFlow, describe, rebuild
 
 CONFIG, WEIGHTS = "config.json", "model.safetensors"
 CHECKPOINT = "checkpoint.safetensors"
+
+# runs whose config.json names a model that is not a flow, and where their loader lives
+_OTHER_MODELS = {
+    "vae": "flowvi.vae.run.load_vae",
+    "nlpca": "flowvi.vae.pca.load_nlpca",
+}
+
+
+class RunError(ValueError):
+    """A run directory that cannot be loaded; the message names the file and what is wrong."""
 
 
 def run_directory(directory: str | Path, *, resume: bool = False, resumable: bool = True) -> Path:
@@ -52,17 +64,34 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
     """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it onto ``path``.
 
     A reader (or a crash) sees either the old file or the complete new one, never a torn one.
+    The file gets the usual permissions, ``0o666`` less the process's umask (``0o644`` under
+    the common umask ``022``), not the ``0o600`` of ``tempfile.mkstemp``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = _create_beside(path)
     try:
-        write(tmp)
+        mode = stat.S_IMODE(tmp.stat().st_mode)  # 0o666 less the umask, as the kernel set it
+        write(str(tmp))
+        os.chmod(tmp, mode)  # a writer may have replaced the file (safetensors makes it 0o600)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+
+
+def _create_beside(path: Path) -> Path:
+    """Create a new, empty, uniquely named file beside ``path`` with mode ``0o666`` (the kernel
+    applies the umask), as ``mkstemp`` does with ``0o600``."""
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return tmp
+    raise FileExistsError(f"no free temporary name beside {path}")
 
 
 def write_json(path: str | Path, data: Mapping[str, Any]) -> None:
@@ -110,6 +139,11 @@ def load(directory: str | Path, *, map_location: str | torch.device = "cpu") -> 
     Raises:
         FileNotFoundError: if ``directory`` is not a run; when it holds several runs (a multi-target
             ``flowvi fit``), the message lists them.
+        RunError: (a ``ValueError``) naming the file and what is wrong: a ``config.json`` that is
+            not a JSON object (truncated or corrupt), one with no flow (a run of a command
+            without one, or of a VAE: the message names its loader), a model entry that cannot
+            be rebuilt, a missing or corrupt ``model.safetensors``, or weights that do not fit
+            the model.
     """
     directory = Path(directory)
     config_path = directory / CONFIG
@@ -117,10 +151,54 @@ def load(directory: str | Path, *, map_location: str | torch.device = "cpu") -> 
         runs = sorted(p.parent.name for p in directory.glob(f"*/{CONFIG}"))
         hint = f"; it holds the runs {', '.join(runs)}: load one of them" if runs else ""
         raise FileNotFoundError(f"{directory} is not a flowvi run (no {CONFIG}){hint}")
-    flow = rebuild(read_json(config_path)["model"])
-    weights = load_file(directory / WEIGHTS, device=str(map_location))
+    spec = _model_spec(config_path)
+    try:
+        flow = rebuild(spec)
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise RunError(
+            f"{config_path}: its model entry cannot be rebuilt ({type(error).__name__}: {error})"
+        ) from error
+    weights_path = directory / WEIGHTS
+    if not weights_path.exists():
+        raise RunError(f"{weights_path} does not exist: the run has not saved its model yet")
+    try:
+        weights = load_file(weights_path, device=str(map_location))
+    except SafetensorError as error:
+        raise RunError(f"{weights_path} is not a readable safetensors file: {error}") from error
     saved_dtype = next((v.dtype for v in weights.values() if v.is_floating_point()), None)
     if saved_dtype is not None:  # a float64 run loads as float64
         flow = flow.to(saved_dtype)
-    flow.load_state_dict(weights)
+    try:
+        flow.load_state_dict(weights)
+    except RuntimeError as error:
+        raise RunError(
+            f"{weights_path} does not hold the weights of the model in {CONFIG}: {error}"
+        ) from error
     return flow.to(map_location).eval()
+
+
+def _model_spec(config_path: Path) -> dict[str, Any]:
+    """The ``model`` entry of a run's ``config.json``, a flow's description.
+
+    Raises:
+        RunError: naming ``config_path``, for a file that is not a JSON object or whose
+            ``model`` is missing or not a flow.
+    """
+    try:
+        config = json.loads(config_path.read_text())
+    except ValueError as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise RunError(f"{config_path} is not valid JSON (truncated or corrupt): {error}") from None
+    if not isinstance(config, dict):
+        raise RunError(f"{config_path} holds a JSON {type(config).__name__}, not an object")
+    spec = config.get("model")
+    if isinstance(spec, str) and spec in _OTHER_MODELS:
+        raise RunError(
+            f"{config_path} is a {spec!r} run, not a flow: load it with {_OTHER_MODELS[spec]}"
+        )
+    if not isinstance(spec, dict):
+        found = "no model entry" if spec is None else f"the model entry {spec!r}"
+        raise RunError(
+            f"{config_path} has {found}, not a flow: the run saved no model yet (killed early), "
+            "or its command fits no flow"
+        )
+    return spec
