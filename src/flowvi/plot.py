@@ -1,4 +1,10 @@
-"""Figures, saved as PNG (matplotlib's Agg backend: no display needed)."""
+"""Figures, saved as PNG files.
+
+Importing this module sets no matplotlib backend (a library must not: it would switch a
+notebook's inline figures off). Figures are drawn with pyplot in whichever backend is active and
+written with ``savefig``, which renders PNG in any backend; without a display matplotlib itself
+falls back to its non-interactive Agg backend, so no display is needed.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +13,6 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import torch
 
