@@ -19,7 +19,7 @@ import flowvi  # noqa: E402
 from flowvi._imports import load_object  # noqa: E402
 from flowvi.flows import build  # noqa: E402
 from flowvi.flows.flow import FlowDistribution  # noqa: E402
-from flowvi.pyro import FlowGuide, PyroTarget, target  # noqa: E402
+from flowvi.pyro import FlowGuide, PyroTarget, subsample_indices, target  # noqa: E402
 from flowvi.targets.sites import split, unconstrain  # noqa: E402
 
 LOG_2PI = math.log(2 * math.pi)
@@ -183,8 +183,9 @@ def subsampled(data):
         pyro.sample("obs", dist.Normal(mu, 2.0), obs=data[idx])
 
 
-def test_subsampled_likelihood_is_unbiased():
-    data = torch.linspace(-3.0, 5.0, 20)
+@pytest.mark.parametrize("n", [20, 400])  # Pyro's randperm (B > N/8), and O(B) draws
+def test_subsampled_likelihood_is_unbiased(n):
+    data = torch.linspace(-3.0, 5.0, n)
     p = target(subsampled, data)
     z = torch.tensor([[0.3], [1.5]])
     full = normal_lpdf(z[:, 0], 0.0, 1.0) + normal_lpdf(data, z, 2.0).sum(-1)
@@ -195,6 +196,17 @@ def test_subsampled_likelihood_is_unbiased():
     # one subsample of 5 scaled by 20 / 5: the value is a multiple of the per-point terms
     one = p.log_prob(z[:1])
     assert not torch.allclose(one, full[:1])
+
+
+def test_quick_subsample_indices_are_distinct_and_uniform():
+    counts = torch.zeros(100)
+    for _ in range(20_000):
+        idx = subsample_indices(100, 5)
+        assert idx.shape == (5,) and len(idx.unique()) == 5 and 0 <= idx.min() <= idx.max() < 100
+        counts[idx] += 1
+    # each index in 5/100 of the subsamples: 1000 ± 31 expected
+    assert float((counts - 1000).abs().max()) < 5 * math.sqrt(1000 * 0.95)
+    torch.testing.assert_close(subsample_indices(7, 9), torch.arange(7))
 
 
 def test_fit_runs_on_a_pyro_target():

@@ -8,11 +8,16 @@ from flowvi.metrics import evaluate
 from flowvi.threads import set_num_threads
 
 
+# imported on first use (``flowvi.pyro`` needs the optional Pyro; the others are large)
+_LAZY = ("ais", "evidence", "inference", "metrics", "objectives", "plot", "posterior", "pyro")
+_LAZY += ("train", "vae")
+
+
 def __getattr__(name: str):
-    if name == "pyro":  # the Pyro bridge imports Pyro (an optional extra) only when used
+    if name in _LAZY:
         import importlib
 
-        return importlib.import_module("flowvi.pyro")
+        return importlib.import_module(f"flowvi.{name}")
     raise AttributeError(f"module 'flowvi' has no attribute {name!r}")
 
 

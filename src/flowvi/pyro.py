@@ -32,6 +32,7 @@ try:
     from pyro.distributions import Delta, TorchDistribution
     from pyro.infer.autoguide import AutoContinuous
     from pyro.infer.autoguide.initialization import init_to_median
+    from pyro.poutine.messenger import Messenger
     from pyro.poutine.runtime import am_i_wrapped
     from pyro.poutine.util import site_is_subsample
 except ImportError as error:  # pragma: no cover - exercised with pyro hidden
@@ -236,6 +237,7 @@ class PyroTarget(Target):
         values = self.unpack(flat)
         nesting = self.max_plate_nesting
         conditioned = poutine.condition(self.model, data={k: x for k, (_, x) in values.items()})
+        conditioned = _QuickSubsample()(conditioned)
         vectorized = pyro.plate(_PARTICLES, n, dim=-(nesting + 1))(conditioned)
         with poutine.block():
             trace = poutine.trace(vectorized).get_trace(*self.args, **self.kwargs)
@@ -255,6 +257,37 @@ class PyroTarget(Target):
             ladj = site.transform.log_abs_det_jacobian(u, x)
             total = total + torch.as_tensor(ladj).reshape(n, -1).sum(-1).to(z.dtype)
         return total.reshape(batch)
+
+
+class _QuickSubsample(Messenger):
+    """Draws the indices of a subsampled ``pyro.plate`` in time O(B), not O(N).
+
+    Pyro draws them as ``randperm(N)[:B]``, 26 ms at N = 10⁶ on one CPU thread: more than a
+    whole step of a small model. Here a plate's B indices are the distinct values of about
+    B (1 + 1/8) uniform draws from ``range(N)`` (topped up if fewer than B are distinct), then B
+    of those at random. Every index is treated alike, so each is in the subsample with
+    probability B/N, as with ``randperm``: with the plate's scale N/B the log likelihood stays
+    unbiased. For B > N/8 ``randperm`` is cheap enough and is kept."""
+
+    def _pyro_sample(self, msg: dict) -> None:
+        if msg["value"] is None and site_is_subsample(msg):
+            fn = msg["fn"]
+            msg["value"] = subsample_indices(fn.size, fn.subsample_size, device=fn.device)
+
+
+def subsample_indices(n: int, b: int | None, *, device: Any = None) -> Tensor:
+    """``b`` distinct indices from ``range(n)``, uniformly at random, in time O(b) for
+    ``b <= n / 8`` (see :class:`_QuickSubsample`); all of ``range(n)`` if ``b`` is ``None`` or
+    at least ``n``. Returns ``int64`` of shape ``(b,)``."""
+    if b is None or b >= n:
+        return torch.arange(n, device=device)
+    if 8 * b > n:
+        return torch.randperm(n, device=device)[:b]
+    distinct = torch.unique(torch.randint(n, (b + b // 8 + 8,), device=device))
+    while len(distinct) < b:
+        more = torch.randint(n, (b - len(distinct) + 8,), device=device)
+        distinct = torch.unique(torch.cat([distinct, more]))
+    return distinct[torch.randperm(len(distinct), device=device)[:b]]
 
 
 def _name(model: Callable) -> str:
