@@ -20,7 +20,7 @@ SUFFIXES = (".npy", ".csv")
 
 
 def read_table(path: str | Path) -> Tensor:
-    """Read a table of real numbers, one example per row: float64 ``(n, d)``.
+    r"""Read a table of real numbers, one example per row: float64 ``(n, d)``.
 
     ``.npy``: a 2-D array of a real (integer or floating) dtype, read without pickle.
 
@@ -32,9 +32,16 @@ def read_table(path: str | Path) -> Tensor:
     full row of numbers.
 
     Example:
-        >>> x = read_table("power.csv")  # doctest: +SKIP
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from flowvi.data import read_table
+        >>> directory = tempfile.TemporaryDirectory()
+        >>> path = Path(directory.name) / "points.csv"
+        >>> _ = path.write_text("height,weight\n1.62,55.0\n1.80,81.5\n1.75,70.2\n")
+        >>> x = read_table(path)
         >>> x.shape, x.dtype
-        (torch.Size([2049280, 6]), torch.float64)
+        (torch.Size([3, 2]), torch.float64)
+        >>> directory.cleanup()
 
     Raises:
         FileNotFoundError: if ``path`` does not exist.

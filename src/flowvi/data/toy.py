@@ -172,6 +172,7 @@ def toy(
     cast to ``dtype``). ``noise=None`` takes the toy's default (module docstring).
 
     Example:
+        >>> from flowvi.data import toy
         >>> toy("8gaussians", 1000, seed=1).shape
         torch.Size([1000, 2])
 

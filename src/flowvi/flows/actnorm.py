@@ -44,8 +44,16 @@ class ActNorm(nn.Module):
         ValueError: if ``d`` is not a positive integer.
 
     Example:
+        >>> import torch
+        >>> from flowvi.distributions import StandardNormal
+        >>> from flowvi.flows import MAF, ActNorm, NormalizingFlow
+        >>> _ = torch.manual_seed(0)
+        >>> data = torch.tensor([1.0, -3.0]) + torch.tensor([2.0, 0.5]) * torch.randn(1000, 2)
         >>> flow = NormalizingFlow(StandardNormal(2), [MAF(2), ActNorm(2)])
-        >>> flow.log_prob(data)  # first call: ActNorm standardizes ``data`` (shape (n, 2))
+        >>> log_q = flow.log_prob(data)  # first call: ActNorm standardizes ``data``, (1000, 2)
+        >>> y = flow.layers[1]().inv(data)  # what the layers before it see: mean 0, std 1
+        >>> y.mean(0).abs().max() < 1e-5, (y.std(0, correction=0) - 1).abs().max() < 1e-5
+        (tensor(True), tensor(True))
     """
 
     def __init__(self, d: int, *, context_dim: int | None = None) -> None:

@@ -174,6 +174,7 @@ class MeanField(nn.Module):
         blocks: the factor blocks, e.g. ``[NormalFactors(6), CategoricalFactors(500, 3)]``.
 
     Example:
+        >>> from flowvi.inference import BernoulliFactors, MeanField, NormalFactors
         >>> q = MeanField([NormalFactors(2), BernoulliFactors(3)])
         >>> z = q.sample((64,))              # (64, 5); columns 2-4 hold 0.0 or 1.0
         >>> q.log_prob_terms(z).shape         # one ln q_j per column, nats

@@ -397,6 +397,7 @@ def cavi(
         a :class:`CAVIResult`.
 
     Example:
+        >>> from flowvi.inference.cavi import cavi, simulate
         >>> sample = simulate(1000, 3, 2, prior_std=5.0, seed=0)
         >>> fit = cavi(sample.x, 3, prior_std=5.0, restarts=5)
         >>> fit.elbo_per_datum, fit.iterations  # doctest: +SKIP

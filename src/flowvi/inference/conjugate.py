@@ -61,6 +61,8 @@ class NormalMean:
         prior_std: :math:`\tau_0 > 0`.
 
     Example:
+        >>> import torch
+        >>> from flowvi.inference import NormalMean
         >>> model = NormalMean(sigma=2.0, prior_mean=0.0, prior_std=1.0)
         >>> x = torch.tensor([1.0, 3.0, 2.0], dtype=torch.float64)
         >>> model.posterior(x).mean  # μ_n = (0/1 + 3·2/4) / (1 + 3/4)

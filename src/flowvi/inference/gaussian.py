@@ -42,6 +42,9 @@ def gaussian_kl(q: Distribution, p: Distribution) -> Tensor:
         shape: the broadcast batch shape (for two ``Normal`` s, their broadcast shape).
 
     Example:
+        >>> import torch
+        >>> from torch.distributions import Independent, MultivariateNormal, Normal
+        >>> from flowvi.inference.gaussian import gaussian_kl
         >>> q = MultivariateNormal(torch.zeros(2), torch.eye(2) * 4)
         >>> p = Independent(Normal(torch.zeros(2), torch.ones(2)), 1)
         >>> gaussian_kl(q, p)  # ½ (8 − 2 − ln 16)

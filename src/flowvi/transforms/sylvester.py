@@ -192,9 +192,13 @@ class SylvesterTransform(Transform):
     against the inputs' ``(*batch,)``.
 
     Example:
+        >>> import torch
+        >>> from flowvi.transforms.sylvester import SylvesterTransform, orthonormalize
         >>> q = orthonormalize(torch.randn(5, 2))            # d = 5, M = 2
         >>> t = SylvesterTransform(q, torch.randn(2, 2), torch.randn(2, 2), torch.zeros(2))
-        >>> y, ladj = t.call_and_ladj(torch.randn(100, 5))   # (100, 5), (100,)
+        >>> y, ladj = t.call_and_ladj(torch.randn(100, 5))
+        >>> y.shape, ladj.shape
+        (torch.Size([100, 5]), torch.Size([100]))
     """
 
     def __init__(self, q: Tensor, r: Tensor, r_tilde: Tensor, b: Tensor) -> None:
