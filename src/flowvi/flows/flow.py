@@ -357,8 +357,8 @@ class NormalizingFlow(nn.Module, Distribution):
             ValueError: for a negative sample size.
             TypeError: if ``context``'s dtype is not the flow's.
         """
-        with torch.no_grad():
-            return self(context).sample(sample_shape)
+        with torch.no_grad():  # rsample's draws (the same numbers as rsample with this seed)
+            return self(context).rsample(sample_shape)
 
     def rsample_and_log_prob(
         self, sample_shape: SampleShape = _SHAPE, context: Tensor | None = None
