@@ -1,7 +1,7 @@
 """Pages generated at build time (mkdocs-gen-files), so that they cannot drift from the code.
 
 - ``cli.md``: the help of ``flowvi`` and of every subcommand, ``vae train/eval/gap`` included,
-  rendered from the parser itself (``flowvi.cli._parser()``), at a fixed width of 100 columns.
+  rendered from the parser itself (``flowvi.cli._parser()``), at a fixed width of 82 columns.
 - ``benchmarks.md``: ``benchmarks/RESULTS.md`` as it is, its image links pointed at copies of
   the pictures it shows (``assets/results/``).
 
@@ -20,7 +20,7 @@ import mkdocs_gen_files
 from flowvi.cli import _parser
 
 ROOT = Path(__file__).resolve().parents[2]
-WIDTH = "100"  # argparse wraps at the terminal's width: fixed, so every build is the same
+WIDTH = "82"  # argparse wraps at the terminal's width: fixed, to fit the page's column
 
 
 def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
