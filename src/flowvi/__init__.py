@@ -7,7 +7,6 @@ from flowvi.io import load, save
 from flowvi.metrics import evaluate
 from flowvi.threads import set_num_threads
 
-
 # imported on first use (``flowvi.pyro`` needs the optional Pyro; the others are large)
 _LAZY = ("ais", "evidence", "inference", "metrics", "objectives", "plot", "posterior", "pyro")
 _LAZY += ("train", "vae")
