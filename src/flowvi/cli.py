@@ -24,12 +24,13 @@ from flowvi.flows.networked import MASKS, ORDERS
 from flowvi.inference.cavi import INITS
 from flowvi.inference.cavi_run import CAVIConfig, run_cavi
 from flowvi.inference.estimators import EstimatorsConfig, run_estimators
+from flowvi.io import check_output, run_directory
 from flowvi.plot import fit_figure
 from flowvi.run import FitConfig, caption, load_fit, resume_config, run_fit, run_name
 from flowvi.show import ShowConfig, run_show
 from flowvi.targets import ENERGIES, NAMES
 from flowvi.threads import set_num_threads, training_threads
-from flowvi.train import NonFiniteLossError
+from flowvi.train import NonFiniteLossError, TrainingInterrupted
 from flowvi.transforms.transformers import TRANSFORMERS
 from flowvi.vae.run import KLS, VAEConfig, evaluate_vae, posterior_label, run_vae, vae_config
 
@@ -265,7 +266,9 @@ def _estimators(args: argparse.Namespace) -> int:
     }
     config = EstimatorsConfig(**given)
     config.validate()
-    directory = args.out or Path("runs") / datetime.now().strftime("estimators-%Y%m%d-%H%M%S")
+    directory = check_output(
+        args.out or Path("runs") / datetime.now().strftime("estimators-%Y%m%d-%H%M%S")
+    )
     result = run_estimators(config, directory)
     s = max(config.samples)
     for problem in dict.fromkeys(row["problem"] for row in result["rows"]):
@@ -586,7 +589,9 @@ def _show_parser(commands) -> None:
 def _show(args: argparse.Namespace) -> int:
     given = {f.name: getattr(args, f.name) for f in fields(ShowConfig) if hasattr(args, f.name)}
     config = ShowConfig(**given)
-    directory = args.out or Path("runs") / datetime.now().strftime("show-%Y%m%d-%H%M%S")
+    directory = check_output(
+        args.out or Path("runs") / datetime.now().strftime("show-%Y%m%d-%H%M%S")
+    )
     summary = run_show(config, directory)
     worst = max(abs(p["integral"] - 1) for p in summary["panels"])
     print(f"{len(summary['panels'])} panels, grid integrals within {worst:.1e} of 1 -> {directory}")
@@ -639,7 +644,7 @@ def _fit(args: argparse.Namespace) -> int:
         jobs = [(resume_config(d, **given), d) for d in dirs]
         resume = True
     else:
-        root = args.out or Path("runs") / datetime.now().strftime("fit-%Y%m%d-%H%M%S")
+        root = check_output(args.out or Path("runs") / datetime.now().strftime("fit-%Y%m%d-%H%M%S"))
         if given.get("pyro_model") and args.target:
             raise ValueError("give --model (a Pyro model) or --target, not both")
         names = [given["pyro_model"]] if given.get("pyro_model") else args.target or list(ENERGIES)
@@ -650,6 +655,8 @@ def _fit(args: argparse.Namespace) -> int:
         single = len(configs) == 1
         jobs = [(c, root if single else root / run_name(c.target)) for c in configs]
         resume = False
+    for _, directory in jobs:  # every directory checked before any run writes
+        run_directory(directory, resume=resume, kind="fit")
     summary = {}
     for config, directory in jobs:
         metrics = run_fit(config, directory, resume=resume, progress=progress)
@@ -705,6 +712,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NonFiniteLossError as error:
         print(f"flowvi: training stopped: {error}", file=sys.stderr)
         return 3
+    except OSError as error:  # a file in the way, a full disk, no permission
+        print(f"flowvi: error: {error}", file=sys.stderr)
+        return 2
+    except TrainingInterrupted as interrupt:
+        command = "vae train" if args.command == "vae" else args.command
+        again = "" if interrupt.path is None else f"; continue it with: flowvi {command} "
+        again += "" if interrupt.path is None else f"--resume {interrupt.path.parent}"
+        print(f"flowvi: {interrupt}{again}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("flowvi: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

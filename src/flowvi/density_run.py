@@ -16,16 +16,24 @@ import flowvi
 from flowvi import data
 from flowvi._checks import check_choice, check_dim
 from flowvi.density import check_data, fit_density
-from flowvi.flows import LAYERS, NormalizingFlow
-from flowvi.flows.fixed import LogitPreprocessing, Standardization
+from flowvi.flows import LAYERS, LogitPreprocessing, NormalizingFlow, Standardization, describe
+from flowvi.flows.networked import MASKS, ORDERS
 from flowvi.io import (
+    CHECKPOINT,
     CONFIG,
+    RunError,
     atomic_write,
+    check_checkpoint,
+    check_iterations,
+    check_memory,
+    checkpoint_iteration,
     load,
+    read_config,
     read_json,
     run_directory,
-    save,
+    save_weights,
     versions,
+    write_config,
     write_json,
 )
 from flowvi.plot import density_figure, image_grid
@@ -101,12 +109,20 @@ class DensityConfig:
         check_choice(self.dtype, DTYPES, "dtype")
         check_choice(self.flow, LAYERS, "flow")
         check_choice(self.base, flowvi.distributions.BASES, "base")
+        check_choice(self.mask, MASKS, "mask")
+        if self.order is not None:
+            check_choice(self.order, ORDERS, "order")
         if self.transformer is not None:
             check_choice(self.transformer, TRANSFORMERS, "transformer")
         make_optimizer([torch.zeros(1, requires_grad=True)], self.optimizer, self.lr)
         check_compile(compile=self.compile, optimizer=self.optimizer)
         check_choice(self.schedule, SCHEDULES, "schedule")
         resolve_device(self.device)
+        if self.data == "mnist" and self.data_dir is None:
+            raise ValueError(
+                "--data mnist needs --data-dir, the directory of its IDX files (the default "
+                f"directory, {FASHION_MNIST}, holds Fashion-MNIST)"
+            )
         if self.kind == "table" and Path(self.data).suffix.lower() not in (".npy", ".csv"):
             raise ValueError(
                 f"unknown data {self.data!r}: give one of {', '.join([*data.TOYS, *IMAGES])}, "
@@ -209,12 +225,19 @@ def run_density(
             keeps the last good parameters.
     """
     config.validate()
-    directory = run_directory(directory, resume=resume)
+    directory = run_directory(directory, resume=resume, kind="density")
+    device, dtype = resolve_device(config.device), DTYPES[config.dtype]
+    if config.kind == "toy":  # the toys are drawn: their size is known before any work
+        check_memory(data_bytes(config, 2), "the toy data (--n-train, --n-valid, --n-test)")
+        check_memory(batch_bytes(config, 2), f"one batch of --batch-size {config.batch_size}")
     splits = load_splits(config)
     d = splits.train.shape[1]
-    device, dtype = resolve_device(config.device), DTYPES[config.dtype]
+    check_memory(batch_bytes(config, d), f"one batch of --batch-size {config.batch_size}", device)
     torch.manual_seed(config.seed)
     flow = make_flow(config, splits).to(device=device, dtype=dtype)
+    if resume:  # every check before anything on disk changes
+        done = check_checkpoint(directory, flow, early_stopping=True)
+        check_iterations(done, config.iters, directory=directory, flag="--iters")
     train, valid, test = (
         x.to(device=device, dtype=dtype) for x in (splits.train, splits.valid, splits.test)
     )
@@ -226,7 +249,8 @@ def run_density(
         )
     for name, x in (("training", train), ("validation", valid), ("test", test)):
         check_data(x, d, f"{name} data")
-    write_json(directory / CONFIG, asdict(config) | _provenance(splits, device))
+    record = asdict(config) | {"kind": "density"} | _provenance(splits, device)
+    write_config(directory, record | {"model": describe(flow)}, resume=resume, changed=("iters",))
     trace, stopper = fit_density(
         flow,
         train,
@@ -245,7 +269,7 @@ def run_density(
         progress=progress,
         compile=config.compile,
     )
-    save(flow, directory)
+    save_weights(flow, directory, iteration=checkpoint_iteration(directory / CHECKPOINT) or 0)
     _write_trace(directory / "trace.csv", trace, stopper.trace)
     flow.eval()
     metrics = _metrics(flow, test, splits, trace, stopper)
@@ -257,6 +281,21 @@ def run_density(
             splits.test, flow, directory / "density.png", title=_caption(config, metrics)
         )
     return metrics
+
+
+def data_bytes(config: DensityConfig, d: int) -> float:
+    """The memory (bytes) of a toy run's data: three float64 splits of ``d`` columns, with room
+    for their copies in the training dtype and the sampler's work."""
+    return 3.0 * 8 * d * (config.n_train + config.n_valid + config.n_test)
+
+
+def batch_bytes(config: DensityConfig, d: int) -> float:
+    """A generous estimate of the memory (bytes) of one training step: the batch (at most the
+    training set for a toy) through every layer, the layers' hidden activations, gradients."""
+    itemsize = DTYPES[config.dtype].itemsize
+    batch = min(config.batch_size, config.n_train) if config.kind == "toy" else config.batch_size
+    per_point = d * (config.length + 2) + sum(config.hidden) * config.length
+    return 4.0 * itemsize * batch * per_point
 
 
 def _dequantize_fixed(x: Tensor, seed: int) -> Tensor:
@@ -323,12 +362,23 @@ def _write_trace(path: Path, trace: Tensor, valid: list[tuple[int, float]]) -> N
 
 
 def resume_density_config(directory: str | Path, **overrides: Any) -> DensityConfig:
-    """The :class:`DensityConfig` saved in a run directory, with ``overrides`` (e.g. ``iters``)."""
-    saved = read_json(Path(directory) / CONFIG)
+    """The :class:`DensityConfig` saved in a run directory, with ``overrides`` (e.g. ``iters``).
+
+    Raises:
+        flowvi.io.RunError: (a ``ValueError``) naming the ``config.json``: missing, not a JSON
+            object, of a run of another command, or holding settings of the wrong type.
+    """
+    saved = read_config(directory, kind="density")
     known = {f.name for f in fields(DensityConfig)}
     values = {k: v for k, v in saved.items() if k in known}
-    values["hidden"] = tuple(values.get("hidden", DensityConfig.hidden))
-    return replace(DensityConfig(**values), **{k: v for k, v in overrides.items() if v is not None})
+    try:
+        values["hidden"] = tuple(values.get("hidden", DensityConfig.hidden))
+        config = DensityConfig(**values)
+    except TypeError as error:
+        raise RunError(
+            f"{Path(directory) / CONFIG} holds settings of the wrong type: {error}"
+        ) from None
+    return replace(config, **{k: v for k, v in overrides.items() if v is not None})
 
 
 def load_density(directory: str | Path) -> tuple[NormalizingFlow, dict[str, Any]]:

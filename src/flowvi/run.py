@@ -17,17 +17,25 @@ from flowvi._checks import check_choice, check_dim
 from flowvi._imports import load_object
 from flowvi.data.tables import read_arrays
 from flowvi.fitting import annealing_iters, fit
-from flowvi.flows import build
+from flowvi.flows import build, describe
 from flowvi.flows.networked import MASKS, ORDERS
 from flowvi.inference.guides import initialize
 from flowvi.io import (
+    CHECKPOINT,
     CONFIG,
+    RunError,
     atomic_write,
+    check_checkpoint,
+    check_iterations,
+    check_memory,
+    checkpoint_iteration,
     load,
+    read_config,
     read_json,
     run_directory,
-    save,
+    save_weights,
     versions,
+    write_config,
     write_json,
 )
 from flowvi.metrics import evaluate
@@ -41,6 +49,9 @@ from flowvi.transforms.transformers import TRANSFORMERS
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
+
+# registered layers with no parameters to fit: the fixed data-end maps of density runs
+FIXED_LAYERS = frozenset({"logit", "standardize"})
 
 PAPER_TARGETS = (*ENERGIES, "banana", "mixture", "gaussian")
 # the fitting defaults: the paper's protocol for its 2-D energies and toys; for posteriors
@@ -120,6 +131,12 @@ class FitConfig:
         check_dim(self.samples, "--samples")
         check_choice(self.dtype, DTYPES, "dtype")
         check_choice(self.flow, flowvi.flows.LAYERS, "flow")
+        if self.flow in FIXED_LAYERS:
+            fitted = ", ".join(sorted(set(flowvi.flows.LAYERS) - FIXED_LAYERS))
+            raise ValueError(
+                f"--flow {self.flow} has no trainable parameters (a fixed data-end layer of "
+                f"density runs): fit one of {fitted}"
+            )
         check_choice(self.base, flowvi.distributions.BASES, "base")
         check_choice(self.mask, MASKS, "mask")
         if self.order is not None:
@@ -223,22 +240,30 @@ def run_fit(
     """
     config = config.resolved()
     config.validate()
-    directory = run_directory(directory, resume=resume)
+    directory = run_directory(directory, resume=resume, kind="fit")
     target = config.resolve_target()
     device, dtype = resolve_device(config.device), DTYPES[config.dtype]
+    check_memory(
+        batch_bytes(config, target.dim), f"one batch of --batch-size {config.batch_size}", device
+    )
     torch.manual_seed(config.seed)
     flow = build_flow(config, target.dim)
     if not config.paper:
         initialize(flow, loc=target.initial_point(), scale=config.init_scale)
     flow = flow.to(device=device, dtype=dtype)
     target = target.to(device)
+    if resume:  # every check before anything on disk changes
+        done = check_checkpoint(directory, flow)
+        check_iterations(done, config.iters, directory=directory, flag="--iters")
     record = asdict(config) | {
+        "kind": "fit",
         "dim": target.dim,
         "confine": getattr(target, "confine", None),
         "resolved_device": str(device),
         "versions": versions(),
+        "model": describe(flow),
     }
-    write_json(directory / CONFIG, record)
+    write_config(directory, record, resume=resume, changed=("iters",))
     drop = DropPolicy()
     trace = fit(
         flow,
@@ -256,7 +281,7 @@ def run_fit(
         compile=config.compile,
         drop=drop,
     )
-    save(flow, directory)
+    save_weights(flow, directory, iteration=checkpoint_iteration(directory / CHECKPOINT) or 0)
     _write_trace(directory / "trace.csv", trace, drop.dropped, config)
     flow.eval()
     metrics = evaluate(flow, target, samples=config.samples)
@@ -275,18 +300,36 @@ def run_fit(
     return metrics if table is None else metrics | {"posterior_table": table}
 
 
+def batch_bytes(config: FitConfig, d: int) -> float:
+    """A generous estimate of the memory (bytes) of one training step of a fit: the batch's
+    samples through every layer, the layers' hidden activations, and their gradients."""
+    itemsize = DTYPES[config.dtype].itemsize
+    per_sample = d * ((config.length or 1) + 2) + sum(config.hidden) * (config.length or 1)
+    return 4.0 * itemsize * config.batch_size * per_sample
+
+
 def has_named_sites(target: targets.Target) -> bool:
     """Whether the target names its parameters (a model), rather than one vector ``z``."""
     return tuple(target.sites) != vector_site(target.dim)
 
 
 def resume_config(directory: str | Path, **overrides: Any) -> FitConfig:
-    """The :class:`FitConfig` saved in a run directory, with ``overrides`` (e.g. ``iters``)."""
-    saved = read_json(Path(directory) / CONFIG)
+    """The :class:`FitConfig` saved in a run directory, with ``overrides`` (e.g. ``iters``).
+
+    Raises:
+        flowvi.io.RunError: (a ``ValueError``) naming the ``config.json``: missing, not a JSON
+            object, or of a run of another command; or holding settings of the wrong type.
+    """
+    saved = read_config(directory, kind="fit")
     known = {f.name for f in fields(FitConfig)}
     values = {k: v for k, v in saved.items() if k in known}
-    values["hidden"] = tuple(values.get("hidden", FitConfig.hidden))
-    config = FitConfig(**values)
+    try:
+        values["hidden"] = tuple(values.get("hidden", FitConfig.hidden))
+        config = FitConfig(**values)
+    except TypeError as error:
+        raise RunError(
+            f"{Path(directory) / CONFIG} holds settings of the wrong type: {error}"
+        ) from None
     return replace(config, **{k: v for k, v in overrides.items() if v is not None})
 
 

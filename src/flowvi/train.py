@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import signal
+import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -26,6 +28,47 @@ LossFn = Callable[[int], tuple[Tensor, Mapping[str, Tensor]]]
 
 class NonFiniteLossError(FloatingPointError):
     """Training met a NaN or infinite loss or gradient; the message says where and what."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) stopped :func:`train` between two iterations, after a checkpoint.
+
+    Attributes:
+        iteration: the iterations done, all saved in the checkpoint.
+        path: the checkpoint written, or ``None`` when training had no directory.
+    """
+
+    def __init__(self, iteration: int, path: Path | None) -> None:
+        where = "" if path is None else f"; the checkpoint {path} holds it"
+        super().__init__(f"interrupted after iteration {iteration}{where}")
+        self.iteration, self.path = iteration, path
+
+
+class _SigintFlag:
+    """While active (in the main thread), a first Ctrl-C only sets ``raised``, so that training
+    stops at the end of the current step, whose state a checkpoint can hold exactly; a second
+    Ctrl-C interrupts at once, as usual."""
+
+    def __init__(self) -> None:
+        self.raised = False
+        self._previous = None
+
+    def __enter__(self) -> _SigintFlag:
+        if threading.current_thread() is threading.main_thread():
+            try:
+                self._previous = signal.signal(signal.SIGINT, self._handle)
+            except ValueError:  # not the main interpreter
+                self._previous = None
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.raised:
+            raise KeyboardInterrupt
+        self.raised = True
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
 
 
 class EarlyStopping:
@@ -260,9 +303,14 @@ def _train(
     start = 0
     path = None if directory is None else Path(directory) / CHECKPOINT
     if resume:
-        if path is None or not path.exists():
-            raise ValueError(f"cannot resume: no {CHECKPOINT} in {directory}")
-        start = _load_checkpoint(path, model, opt, trace, dropped, early_stopping)
+        if path is None:
+            raise ValueError("cannot resume without a directory")
+        if path.exists():  # else the run stopped before its first checkpoint: start from 0
+            start = _load_checkpoint(path, model, opt, trace, dropped, early_stopping)
+        if start > iters:
+            raise ValueError(
+                f"iters {iters} is below the {start} iterations already done in {directory}"
+            )
     fused = None
     if compile:
         if not isinstance(loss_fn, BatchLoss):
@@ -278,47 +326,54 @@ def _train(
     if fused is not None:
         bar.set_postfix_str("compiling (first time, about a minute)", refresh=True)
     skips = 0
-    for t in bar:
-        if stopped:
-            break
-        lr_t = lr * 0.5 * (1 + math.cos(math.pi * t / iters)) if schedule == "cosine" else lr
-        for group in opt.param_groups:
-            group["lr"] = lr_t
-        inputs = loss_fn.inputs(t) if fused is not None else None
-        out = fused(inputs, lr_t) if fused is not None else None  # updates unless non-finite
-        if out is not None:
-            loss, parts, grad_norm = out
-        else:
-            fused = None  # not compiled, or compiling failed: eager steps from here on
-            loss, parts = loss_fn(t) if inputs is None else loss_fn.loss(*inputs)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = _grad_norm(params)
-        if drop is not None:
-            dropped[t] = (~parts[drop.part]).sum()
-        if not torch.isfinite(loss.detach() + grad_norm):  # the one host sync per step
-            skips += 1
-            if drop is None or not torch.isfinite(loss.detach()) or skips > drop.max_skips:
+    with _SigintFlag() as sigint:
+        for t in bar:
+            if stopped:
+                break
+            if sigint.raised:
+                bar.close()
                 checkpoint(t)
-                raise NonFiniteLossError(_explain(t, loss, grad_norm, parts, path, iters_per_epoch))
+                raise TrainingInterrupted(t, path if save else None)
+            lr_t = lr * 0.5 * (1 + math.cos(math.pi * t / iters)) if schedule == "cosine" else lr
+            for group in opt.param_groups:
+                group["lr"] = lr_t
+            inputs = loss_fn.inputs(t) if fused is not None else None
+            out = fused(inputs, lr_t) if fused is not None else None  # updates unless non-finite
+            if out is not None:
+                loss, parts, grad_norm = out
+            else:
+                fused = None  # not compiled, or compiling failed: eager steps from here on
+                loss, parts = loss_fn(t) if inputs is None else loss_fn.loss(*inputs)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                grad_norm = _grad_norm(params)
+            if drop is not None:
+                dropped[t] = (~parts[drop.part]).sum()
+            if not torch.isfinite(loss.detach() + grad_norm):  # the one host sync per step
+                skips += 1
+                if drop is None or not torch.isfinite(loss.detach()) or skips > drop.max_skips:
+                    checkpoint(t)
+                    raise NonFiniteLossError(
+                        _explain(t, loss, grad_norm, parts, path, iters_per_epoch)
+                    )
+                trace[t] = loss.detach()
+                continue  # an overflow inside the model: skip the update (the fused step made none)
+            skips = 0
+            if out is None:
+                opt.step()
             trace[t] = loss.detach()
-            continue  # an overflow inside the model: skip the update (the fused step made none)
-        skips = 0
-        if out is None:
-            opt.step()
-        trace[t] = loss.detach()
-        if drop is not None and (t + 1) % drop.window == 0:
-            share = dropped[t + 1 - drop.window : t + 1] / parts[drop.part].numel()
-            if bool((share > drop.max_share).all()):
+            if drop is not None and (t + 1) % drop.window == 0:
+                share = dropped[t + 1 - drop.window : t + 1] / parts[drop.part].numel()
+                if bool((share > drop.max_share).all()):
+                    checkpoint(t + 1)
+                    raise NonFiniteLossError(drop.explain(t, path))
+            if early_stopping is not None and (t + 1) % early_stopping.every == 0:
+                stopped = early_stopping(model, t + 1)
+                bar.set_postfix({label: f"{trace[t]:.4f}", "valid": f"{early_stopping.best:.4f}"})
+            elif t % 25 == 0 or t + 1 == iters:
+                bar.set_postfix({label: f"{trace[t]:.4f}"})
+            if stopped or ((t + 1) % checkpoint_every == 0 and t + 1 < iters):
                 checkpoint(t + 1)
-                raise NonFiniteLossError(drop.explain(t, path))
-        if early_stopping is not None and (t + 1) % early_stopping.every == 0:
-            stopped = early_stopping(model, t + 1)
-            bar.set_postfix({label: f"{trace[t]:.4f}", "valid": f"{early_stopping.best:.4f}"})
-        elif t % 25 == 0 or t + 1 == iters:
-            bar.set_postfix({label: f"{trace[t]:.4f}"})
-        if stopped or ((t + 1) % checkpoint_every == 0 and t + 1 < iters):
-            checkpoint(t + 1)
     bar.close()
     if not stopped:
         checkpoint(iters)

@@ -18,7 +18,7 @@ from flowvi._checks import check_choice, check_dim
 from flowvi.data import read_table
 from flowvi.inference.cavi import INITS, CAVIResult, cavi, check_prior_std, simulate, update_locals
 from flowvi.inference.svi import SVIResult, svi
-from flowvi.io import CONFIG, atomic_write, run_directory, versions, write_json
+from flowvi.io import CONFIG, atomic_write, check_memory, run_directory, versions, write_json
 from flowvi.run import resolve_device
 
 METHODS = ("cavi", "svi")
@@ -135,6 +135,8 @@ def run_cavi(
     """
     config.validate()
     directory = run_directory(directory, resumable=False)
+    if config.data is None:  # simulated: its size is known before any work
+        check_memory(8.0 * 4 * (config.n + config.n_test) * (config.dim + config.k), "the data")
     train, test = load_data(config)
     if config.method == "svi" and config.batch_size > len(train):
         raise ValueError(
@@ -142,7 +144,8 @@ def run_cavi(
         )
     device = resolve_device(config.device)
     train, test = train.to(device), test.to(device)
-    write_json(directory / CONFIG, asdict(config) | _provenance(train, test, device))
+    record = asdict(config) | {"kind": "cavi"} | _provenance(train, test, device)
+    write_json(directory / CONFIG, record)
     start = time.perf_counter()
     if config.method == "cavi":
         fit = cavi(

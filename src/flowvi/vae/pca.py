@@ -34,11 +34,21 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from flowvi._checks import check_dim
-from flowvi.io import CONFIG, atomic_write, read_json, run_directory, write_json, write_tensors
+from flowvi.io import (
+    CHECKPOINT,
+    RunError,
+    atomic_write,
+    check_memory,
+    checkpoint_iteration,
+    read_json,
+    run_directory,
+    save_weights,
+    write_config,
+    write_json,
+)
 from flowvi.run import DTYPES, resolve_device
 from flowvi.train import EarlyStopping, train
 from flowvi.vae.evaluate import mean_and_se
@@ -137,22 +147,25 @@ def run_nlpca(
         ValueError: for invalid settings, or an existing run without ``resume``.
         flowvi.train.NonFiniteLossError: for a NaN or infinite loss (epoch and batch named).
     """
-    from flowvi.vae.run import _provenance, _splits
+    from flowvi.vae.run import _provenance, _splits, check_resume, vae_bytes
 
     config.validate()
-    directory = run_directory(directory, resume=resume)
+    directory = run_directory(directory, resume=resume, kind="nlpca")
+    check_memory(vae_bytes(config, 28 * 28), "the model's parameters and one batch")
     splits = _splits(config)
     device, dtype = resolve_device(config.device), DTYPES[config.dtype]
     torch.manual_seed(config.seed)
     model = make_nlpca(config, splits.train.shape[1])
     model.decoder.init_bias(splits.train.mean(0))
     model = model.to(device=device, dtype=dtype)
+    n = len(splits.train)
+    per_epoch = math.ceil(n / config.batch_size)
+    if resume:  # every check before anything on disk changes
+        check_resume(directory, model, config, per_epoch)
     train_x = splits.train.to(device=device, dtype=dtype)
     valid_x = splits.valid.to(device=device, dtype=dtype)
-    write_json(directory / CONFIG, asdict(config) | _provenance(splits, device))
-
-    n = len(train_x)
-    per_epoch = math.ceil(n / config.batch_size)
+    record = asdict(config) | {"kind": "nlpca"} | _provenance(splits, device)
+    write_config(directory, record, resume=resume, changed=("epochs", "compile"))
     orders: dict[int, Tensor] = {}
 
     def loss_fn(t: int) -> tuple[Tensor, dict[str, Tensor]]:
@@ -189,8 +202,8 @@ def run_nlpca(
     seconds = time.perf_counter() - start
     model.eval()
     model.fit_codes(train_x)
-    write_tensors(directory / WEIGHTS, model.state_dict())
     done = int((~torch.isnan(trace)).sum())
+    save_weights(model, directory, iteration=checkpoint_iteration(directory / CHECKPOINT) or done)
     _write_trace(directory / "trace.csv", trace, stopper.trace, per_epoch)
     summary = {
         "valid_reconstruction": stopper.best,
@@ -208,27 +221,26 @@ def run_nlpca(
     return summary
 
 
-def load_nlpca(directory: str | Path, *, device: str = "cpu") -> tuple[NonlinearPCA, Any]:
-    """The trained model of a ``--model nlpca`` run directory and its configuration.
+def load_nlpca(
+    directory: str | Path, *, device: str = "cpu", unfinished: bool = False
+) -> tuple[NonlinearPCA, Any]:
+    """The trained model of a ``--model nlpca`` run directory and its configuration (as
+    :func:`flowvi.vae.run.load_vae`: on ``device``, in the run's dtype; ``unfinished``: the
+    last checkpoint of a run still training, with a ``UserWarning``).
 
     Raises:
-        ValueError: if ``directory`` holds no finished nonlinear-PCA run.
+        flowvi.io.RunError: (a ``ValueError``) if ``directory`` holds no finished
+            nonlinear-PCA run, or weights that do not fit its model.
     """
-    from flowvi.vae.run import vae_config
+    from flowvi.vae.run import _saved_run, _with_weights
 
-    directory = Path(directory)
-    if not (directory / WEIGHTS).exists() or not (directory / CONFIG).exists():
-        raise ValueError(f"{directory} holds no finished flowvi vae run (no {WEIGHTS})")
-    saved = read_json(directory / CONFIG)
-    if saved.get("model") != "nlpca":
-        raise ValueError(f"{directory} holds a VAE run, not a nonlinear PCA (--model nlpca)")
-    config = vae_config(directory)
-    model = make_nlpca(config, saved["D"])
-    model.load_state_dict(load_file(str(directory / WEIGHTS)))
+    config, saved = _saved_run(directory, "vae")
+    if config.model != "nlpca":
+        raise RunError(f"{directory} holds a VAE run, not a nonlinear PCA (--model nlpca)")
+    model = _with_weights(make_nlpca(config, saved["D"]), directory, unfinished=unfinished)
     return model.to(device=resolve_device(device), dtype=DTYPES[config.dtype]), config
 
 
-@torch.no_grad()
 def reconstruction_metrics(log_lik: Tensor, x: Tensor, probs: Tensor) -> dict[str, float]:
     r"""Test reconstruction scores of a model that decoded ``x: (n, D)`` to pixel
     probabilities ``probs: (n, D)`` with :math:`\ln p(x \mid z)` = ``log_lik: (n,)``.

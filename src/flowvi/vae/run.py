@@ -4,24 +4,34 @@ from __future__ import annotations
 
 import csv
 import io as _io
+import itertools
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from flowvi._checks import check_choice, check_dim
 from flowvi.fused import BatchLoss
 from flowvi.io import (
+    CHECKPOINT,
     CONFIG,
+    RunError,
     atomic_write,
+    check_checkpoint,
+    check_memory,
+    checkpoint_iteration,
+    read_config,
     read_json,
     run_directory,
+    run_weights,
+    save_weights,
     versions,
+    write_config,
     write_json,
     write_tensors,
 )
@@ -246,8 +256,9 @@ def run_vae(
     config.validate()
     if config.compile and world_size() > 1:
         raise ValueError("--compile trains in one process: run it without torchrun")
-    directory = run_directory(directory, resume=resume)
+    directory = run_directory(directory, resume=resume, kind="vae")
     device, dtype = resolve_device(config.device), DTYPES[config.dtype]
+    check_memory(vae_bytes(config, 28 * 28), "the VAE's parameters and one batch", device)
     ddp = DataParallel.start(device) if world_size() > 1 else None
     if ddp is not None:
         device, progress = ddp.device, progress and ddp.main
@@ -259,14 +270,17 @@ def run_vae(
     model = make_vae(config, D)
     model.decoder.init_bias(splits.train.mean(0))
     model = model.to(device=device, dtype=dtype)
+    n = len(splits.train)
+    per_epoch = math.ceil(n / config.batch_size)
+    if resume:  # every check before anything on disk changes
+        check_resume(directory, model, config, per_epoch)
     train_x = splits.train.to(device=device, dtype=dtype)
     valid_x = splits.valid.to(device=device, dtype=dtype)
     if writes:
-        write_json(directory / CONFIG, asdict(config) | _provenance(splits, device))
+        record = asdict(config) | {"kind": "vae"} | _provenance(splits, device)
+        write_config(directory, record, resume=resume, changed=("epochs", "compile"))
     shared = None if ddp is None else ddp.wrap(model)
 
-    n = len(train_x)
-    per_epoch = math.ceil(n / config.batch_size)
     anneal = config.warmup * per_epoch
 
     def order(epoch: int) -> Tensor:
@@ -335,8 +349,8 @@ def run_vae(
         ddp.close()
     if not writes:
         return {}
-    save_vae(model, directory)
     done = int((~torch.isnan(trace)).sum())
+    save_weights(model, directory, iteration=checkpoint_iteration(directory / CHECKPOINT) or done)
     _write_trace(directory / "trace.csv", trace, stopper.trace, per_epoch, config)
     summary = {
         "valid_neg_elbo": stopper.best,
@@ -353,27 +367,95 @@ def run_vae(
     return summary
 
 
+def check_resume(directory: Path, model: nn.Module, config: VAEConfig, per_epoch: int) -> None:
+    """Check a ``vae train --resume``: the checkpoint fits ``model`` and ``config.epochs`` is
+    not below the epochs done.
+
+    Raises:
+        flowvi.io.RunError: for a checkpoint that is unreadable or does not fit ``model``.
+        ValueError: for ``--epochs`` below the epochs already done (naming the count).
+    """
+    done = check_checkpoint(directory, model, early_stopping=True)
+    if done is not None and config.epochs * per_epoch < done:
+        epochs = math.ceil(done / per_epoch)
+        raise ValueError(
+            f"--epochs {config.epochs} is below the {epochs} epochs ({done} iterations) already "
+            f"done in {directory}: give --epochs {epochs} or more (a run is never cut back)"
+        )
+
+
+def vae_bytes(config: VAEConfig, D: int) -> float:
+    """A generous estimate of the memory (bytes) of training a VAE of ``config`` on ``D``
+    pixels: parameters with their gradients and Adam moments, and one batch's activations."""
+    itemsize = DTYPES[config.dtype].itemsize
+    d, K, h = config.latent, config.length, max(config.hidden)
+    fh = max(config.flow_hidden)
+    sizes = (D, *config.hidden)
+    params = 2 * sum(a * b for a, b in itertools.pairwise(sizes))
+    params += 3 * h * d + h * K * (2 * d + 1) + K * (d * fh * 3 + fh * fh)
+    params += config.prior_length * (d * fh * 3 + fh * fh)
+    per_image = config.samples * (2 * D + 2 * sum(config.hidden) + d * (K + 4) + fh * K)
+    return itemsize * (4.0 * params + 4.0 * config.batch_size * per_image)
+
+
 def save_vae(model: VAE, directory: str | Path) -> None:
     """The model's weights (safetensors); its structure is ``config.json``."""
     write_tensors(Path(directory) / WEIGHTS, model.state_dict())
 
 
-def load_vae(directory: str | Path, *, device: str = "cpu") -> tuple[VAE, VAEConfig]:
-    """The trained model of a run directory and its configuration.
+def load_vae(
+    directory: str | Path, *, device: str = "cpu", unfinished: bool = False
+) -> tuple[VAE, VAEConfig]:
+    """The trained model of a ``flowvi vae train`` run directory and its configuration.
+
+    The model is on ``device``, in the run's dtype, in training mode. With ``unfinished``, a
+    run still training (killed or interrupted) gives the model of its last checkpoint, with a
+    ``UserWarning`` naming its iteration (:func:`flowvi.load` does this).
 
     Raises:
-        ValueError: if ``directory`` holds no finished ``flowvi vae`` run.
+        flowvi.io.RunError: (a ``ValueError``) naming the file, if ``directory`` holds no
+            finished ``flowvi vae`` run (none at all, one of another command, or unfinished
+            without ``unfinished``), a nonlinear PCA (load it with
+            :func:`flowvi.vae.pca.load_nlpca`), or weights that do not fit its model.
+    """
+    config, saved = _saved_run(directory, "vae")
+    if config.model == "nlpca":
+        raise RunError(f"{directory} holds a nonlinear PCA: load it with pca.load_nlpca")
+    model = _with_weights(make_vae(config, saved["D"]), directory, unfinished=unfinished)
+    return model.to(device=resolve_device(device), dtype=DTYPES[config.dtype]), config
+
+
+def _saved_run(directory: str | Path, what: str) -> tuple[VAEConfig, dict[str, Any]]:
+    """The configuration of a ``flowvi vae train`` run (checked) and its saved ``config.json``.
+
+    Raises:
+        flowvi.io.RunError: for no run, a run of another command, or no image size ``D``.
     """
     directory = Path(directory)
-    if not (directory / WEIGHTS).exists() or not (directory / CONFIG).exists():
-        raise ValueError(f"{directory} holds no finished flowvi vae run (no {WEIGHTS})")
+    if not (directory / CONFIG).exists():
+        raise RunError(f"{directory} holds no finished flowvi {what} run (no {CONFIG})")
     config = vae_config(directory)
-    if config.model == "nlpca":
-        raise ValueError(f"{directory} holds a nonlinear PCA: load it with pca.load_nlpca")
-    saved = read_json(directory / CONFIG)
-    model = make_vae(config, saved["D"])
-    model.load_state_dict(load_file(str(directory / WEIGHTS)))
-    return model.to(device=resolve_device(device), dtype=DTYPES[config.dtype]), config
+    saved = read_config(directory)
+    if not isinstance(saved.get("D"), int):
+        raise RunError(f"{directory / CONFIG} has no image size 'D': not a complete vae run")
+    return config, saved
+
+
+def _with_weights(model: nn.Module, directory: str | Path, *, unfinished: bool) -> nn.Module:
+    """``model`` with the weights of the run in ``directory`` (see :func:`load_vae`)."""
+    weights, note = run_weights(directory)
+    if note is not None:
+        if not unfinished:
+            raise RunError(f"{directory} holds no finished flowvi vae run: {note}")
+        warnings.warn(note, UserWarning, stacklevel=3)
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as error:
+        raise RunError(
+            f"{Path(directory) / WEIGHTS} does not hold the weights of the model in {CONFIG}: "
+            f"{error}"
+        ) from None
+    return model
 
 
 def evaluate_vae(
@@ -408,11 +490,10 @@ def evaluate_vae(
         check_dim(samples, "--samples (importance samples per image)")
     if chunk is not None:
         check_dim(chunk, "--chunk (samples drawn at a time)")
-    if (Path(directory) / CONFIG).exists():
-        if read_json(Path(directory) / CONFIG).get("model") == "nlpca":
-            from flowvi.vae.pca import evaluate_nlpca
+    if vae_config(directory).model == "nlpca":
+        from flowvi.vae.pca import evaluate_nlpca
 
-            return evaluate_nlpca(directory, device=device)
+        return evaluate_nlpca(directory, device=device)
     model, config = load_vae(directory, device=device)
     model.eval()
     others = _compared_runs(config, compare, device)
@@ -534,10 +615,23 @@ def _write_trace(path: Path, trace: Tensor, valid, per_epoch: int, config: VAECo
 
 
 def vae_config(directory: str | Path, **overrides: Any) -> VAEConfig:
-    """The :class:`VAEConfig` saved in a run directory, with ``overrides`` (e.g. ``epochs``)."""
-    saved = read_json(Path(directory) / CONFIG)
+    """The :class:`VAEConfig` saved in a run directory, with ``overrides`` (e.g. ``epochs``).
+
+    Raises:
+        flowvi.io.RunError: (a ``ValueError``) naming the ``config.json``: missing, not a JSON
+            object, of a run of another command (a ``flowvi fit`` run, say), or holding
+            settings of the wrong type.
+    """
+    saved = read_config(directory, kind=("vae", "nlpca"))
     known = {f.name for f in fields(VAEConfig)}
     values = {k: v for k, v in saved.items() if k in known}
-    for name in ("hidden", "flow_hidden"):
-        values[name] = tuple(values[name])
-    return replace(VAEConfig(**values), **{k: v for k, v in overrides.items() if v is not None})
+    try:
+        for name in ("hidden", "flow_hidden"):
+            if name in values:
+                values[name] = tuple(values[name])
+        config = VAEConfig(**values)
+    except TypeError as error:
+        raise RunError(
+            f"{Path(directory) / CONFIG} holds settings of the wrong type: {error}"
+        ) from None
+    return replace(config, **{k: v for k, v in overrides.items() if v is not None})
