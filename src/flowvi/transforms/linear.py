@@ -44,9 +44,14 @@ def _solve(matrix: Tensor, y: Tensor, *, upper: bool, unitriangular: bool = Fals
 class TriangularAffineTransform(Transform):
     r"""Affine map :math:`y = \mu + L x` with :math:`L` lower triangular and positive diagonal.
 
-    :math:`L` is the strictly lower part of the raw matrix plus the exponential of its diagonal,
-    so every raw matrix gives an invertible map; :math:`\ln|\det J| = \sum_i \mathrm{raw}_{ii}`.
-    Applied to a standard normal it gives :math:`\mathcal N(\mu, L L^\top)`, any Gaussian.
+    :math:`L = \mathrm{diag}(e^{r_{ii}}) (I + \mathrm{tril}(R, -1))`: a unit lower-triangular
+    matrix from the strictly lower part of the raw matrix :math:`R`, its rows scaled by the
+    exponential of the diagonal, so every raw matrix gives an invertible map and
+    :math:`\ln|\det J| = \sum_i r_{ii}`. Applied to a standard normal it gives
+    :math:`\mathcal N(\mu, L L^\top)`, any Gaussian. Scaling the rows (as Pyro's
+    ``AutoMultivariateNormal`` parametrizes its Cholesky factor) makes a step on an
+    off-diagonal entry move the factor in proportion to its row's scale: a full-rank guide of a
+    narrow 500-d posterior then learns its correlations without noise swamping its scales.
 
     Args:
         loc: shift :math:`\mu`, shape ``(*p, d)``.
@@ -57,7 +62,9 @@ class TriangularAffineTransform(Transform):
         super().__init__()
         self.loc = loc
         self.log_diag = torch.diagonal(matrix, dim1=-2, dim2=-1)
-        self.scale_tril = torch.tril(matrix, -1) + torch.diag_embed(torch.exp(self.log_diag))
+        eye = torch.eye(matrix.shape[-1], dtype=matrix.dtype, device=matrix.device)
+        unit = torch.tril(matrix, -1) + eye
+        self.scale_tril = torch.exp(self.log_diag)[..., None] * unit
 
     def _ladj(self, x: Tensor) -> Tensor:
         return torch.broadcast_to(self.log_diag.sum(-1), x.shape[:-1])
