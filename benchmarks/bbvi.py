@@ -1,6 +1,6 @@
 """Benchmark: BBVI variance reduction, and Gaussian and flow guides against reference posteriors.
 
-Three parts, each a list of records in ``benchmarks/results/bbvi.json`` (records already there
+Three parts, each a list of records in ``benchmarks/results/bbvi.jsonl`` (records already there
 are skipped, so an interrupted run resumes):
 
 1. ``variance``: the variance of ELBO-gradient estimators (trace of the covariance over every
@@ -30,27 +30,31 @@ are skipped, so an interrupted run resumes):
    split R-hat and bulk ESS (arviz) are recorded.
 
     pip install -e ".[dev,bench]"
-    python benchmarks/bbvi.py --markdown
-    python benchmarks/bbvi.py --smoke --markdown    # tiny budgets, a minute: checks the script
+    python -m benchmarks.bbvi --markdown
+    python -m benchmarks.bbvi --smoke --markdown    # tiny budgets, a minute: checks the script
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import math
 import os
-import sys
 import time
 import warnings
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from _common import fmt, load_records, median, one_thread, save_records
-
 import flowvi
+from benchmarks.common import (
+    RESULTS,
+    fmt,
+    load_records,
+    median,
+    one_thread,
+    provenance,
+    save_records,
+)
 from flowvi.flows import build
 from flowvi.inference.bbvi import (
     GaussianMixtureModel,
@@ -319,7 +323,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--hmc-warmup", type=int, default=1000)
     parser.add_argument("--hmc-draws", type=int, default=2000)
     parser.add_argument("--smoke", action="store_true", help="tiny budgets; results not saved")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results/bbvi.json")
+    parser.add_argument("--out", type=Path, default=RESULTS / "bbvi.jsonl")
     parser.add_argument("--markdown", action="store_true")
     args = parser.parse_args(argv)
     if args.smoke:
@@ -334,17 +338,13 @@ def main(argv=None) -> None:
     torch.set_default_dtype(torch.float32)
     s = parse_args(argv)
     records = [] if s.smoke else load_records(s.out)
-    versions = {"torch": torch.__version__, "flowvi": flowvi.__version__}
-    try:
-        versions["pyro"] = importlib.metadata.version("pyro-ppl")
-    except importlib.metadata.PackageNotFoundError:
-        pass
+    made = provenance("pyro-ppl")
     if "variance" in s.parts:
         for problem in VARIANCE_ESTIMATORS:
             if any(r["part"] == "variance" and r["problem"] == problem for r in records):
                 continue
             print(f"variance: {problem}", flush=True)
-            records += [r | {"versions": versions} for r in variance_records(problem, s)]
+            records += [r | made for r in variance_records(problem, s)]
             if not s.smoke:
                 save_records(s.out, records)
     cache: dict = {}
@@ -362,7 +362,7 @@ def main(argv=None) -> None:
                 target, ref, info = reference_for(part, s, cache)
                 print(f"{part}: {name} seed {seed}", flush=True)
                 record = guide_record(part, name, seed, s, target, ref)
-                records.append(record | {"reference": info, "versions": versions})
+                records.append(record | {"reference": info} | made)
                 if not s.smoke:
                     save_records(s.out, records)
     if s.markdown:

@@ -23,14 +23,16 @@ ms/iter ÷ flowvi's.
 ``svi``: SVI (Hoffman et al. 2013) on one large simulated set (``--n`` points), one run per
 minibatch size, from the same starting responsibilities as a CAVI run to convergence on the
 same data; the full-data ELBO per datum (at the current q(μ), optimal local factors) against
-examples seen, beside CAVI's (one sweep = N examples). Writes a figure beside the JSON.
+examples seen, beside CAVI's (one sweep = N examples). Writes a figure beside the records
+(``--out`` with the suffix ``.png``).
 
-    python benchmarks/classical.py cavi --markdown                # 12 settings × 3 seeds
-    python benchmarks/classical.py cavi --sizes 1000 --dims 2 --ks 5 --seeds 0 \\
-        --out /tmp/cavi.json --markdown                           # a smoke test, seconds
-    python benchmarks/classical.py svi --markdown                 # N = 10^6, 4 batch sizes
+    python -m benchmarks.classical cavi --markdown                # 12 settings × 3 seeds
+    python -m benchmarks.classical cavi --sizes 1000 --dims 2 --ks 5 --seeds 0 \\
+        --out /tmp/cavi.jsonl --markdown                          # a smoke test, seconds
+    python -m benchmarks.classical svi --markdown                 # N = 10^6, 4 batch sizes
 
-Results go to JSON files (one record per run, with its settings); records already there are
+Results go to JSON Lines files (one record per run, with its settings, the git commit, the
+versions and the machine); records already there are
 skipped, so an interrupted run resumes where it stopped.
 """
 
@@ -38,35 +40,30 @@ from __future__ import annotations
 
 import argparse
 import math
-import platform
 import sys
 import time
 import warnings
 from pathlib import Path
 
-import numpy as np
-import sklearn
 import torch
-from _common import finite, fmt, load_records, median, one_thread, save_records
 from threadpoolctl import threadpool_limits
 
-import flowvi
+from benchmarks.common import (
+    RESULTS,
+    finite,
+    fmt,
+    load_records,
+    median,
+    one_thread,
+    provenance,
+    save_records,
+)
 from flowvi.inference.cavi import cavi, elbo, initial_responsibilities, log_predictive, simulate
 from flowvi.inference.sklearn_mixture import sklearn_mixture, sklearn_posterior
 from flowvi.inference.svi import svi
 from flowvi.plot import elbo_curves_figure
 
-RESULTS = Path("benchmarks/results")
-
-
-def versions() -> dict:
-    return {
-        "flowvi": flowvi.__version__,
-        "torch": torch.__version__,
-        "sklearn": sklearn.__version__,
-        "numpy": np.__version__,
-        "python": platform.python_version(),
-    }
+PEERS = ("scikit-learn", "numpy", "threadpoolctl")  # versions recorded beside flowvi's
 
 
 def make_data(n: int, d: int, k: int, *, n_test: int, prior_std: float, seed: int):
@@ -144,7 +141,7 @@ def run_cavi(n: int, d: int, k: int, seed: int, s: argparse.Namespace) -> dict:
             "sklearn_ms_per_iter": 1000 * t2 / it2,
             "max_abs_mean_diff": float((m1 - m2).abs().max()),
             "threads": {"torch": torch.get_num_threads(), "sklearn_blas": 1},
-            "versions": versions(),
+            **provenance(*PEERS),
         }
     )
 
@@ -293,7 +290,7 @@ def cavi_reference(x, test, s, settings) -> dict:
         "heldout_lpd": float(fit.log_predictive(test).mean()),
         "iterations": fit.iterations,
         "seconds": seconds,
-        "versions": versions(),
+        **provenance(*PEERS),
     }
 
 
@@ -336,7 +333,7 @@ def main_svi(s: argparse.Namespace) -> None:
                 "final_elbo_per_datum": fit.elbo_per_datum,
                 "heldout_lpd": float(fit.log_predictive(test).mean()),
                 "seconds": seconds,
-                "versions": versions(),
+                **provenance(*PEERS),
             }
             records.append(finite(rec))
             save_records(s.out, records)
@@ -456,7 +453,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     c.add_argument("--max-iter", type=int, default=1000)
     c.add_argument("--n-test", type=int, default=10_000)
     c.add_argument("--repeats", type=int, default=3, help="timed runs per fit (minimum kept)")
-    c.add_argument("--out", type=Path, default=RESULTS / "classical_cavi.json")
+    c.add_argument("--out", type=Path, default=RESULTS / "classical_cavi.jsonl")
     c.add_argument("--markdown", action="store_true")
     v = parts.add_parser("svi", help="SVI against examples seen, beside CAVI")
     v.add_argument("--n", type=int, default=1_000_000)
@@ -473,7 +470,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     v.add_argument("--restarts", type=int, default=3, help="CAVI starts")
     v.add_argument("--start", type=int, default=None, help="the CAVI start SVI starts from")
     v.add_argument("--svi-seeds", type=int, nargs="+", default=[0, 1, 2])
-    v.add_argument("--out", type=Path, default=RESULTS / "classical_svi.json")
+    v.add_argument("--out", type=Path, default=RESULTS / "classical_svi.jsonl")
     v.add_argument("--markdown", action="store_true")
     return parser.parse_args(argv)
 

@@ -57,11 +57,11 @@ fits' ms/step vary with the load; ``--interleaved`` times the same loops in shor
 libraries taking turns, and reports each library's fastest block (see :func:`interleaved`).
 
     pip install -e ".[bench]"
-    python benchmarks/density.py --markdown          # 2 data sets × 3 flows × 4 libraries × 3 seeds
-    python benchmarks/density.py --smoke --markdown  # every combination for 20 steps, a minute
-    python benchmarks/density.py --interleaved --markdown  # per-step times, robust to load
+    python -m benchmarks.density --markdown          # 2 data sets × 3 flows × 4 libraries × 3 seeds
+    python -m benchmarks.density --smoke --markdown  # every combination for 20 steps, a minute
+    python -m benchmarks.density --interleaved --markdown  # per-step times, robust to load
 
-Results go to a JSON file, one record per library × data set × flow × seed (and settings);
+Results go to a JSON Lines file, one record per library × data set × flow × seed (and settings);
 records already there are skipped, so an interrupted run resumes where it stopped. A fit that
 fails (e.g. flowvi's NaN guard) is recorded with its error and not retried; delete it to retry.
 """
@@ -69,12 +69,9 @@ fails (e.g. flowvi's NaN guard) is recorded with its error and not retried; dele
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import math
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -84,18 +81,29 @@ from functools import partial
 from pathlib import Path
 
 import torch
-from _common import finite, fmt, load_records, median, one_thread, save_records
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 import flowvi
+import flowvi.data
+from benchmarks.common import (
+    RESULTS,
+    finite,
+    fmt,
+    load_records,
+    median,
+    one_thread,
+    provenance,
+    save_records,
+)
 from flowvi.density import fit_density
 from flowvi.train import NonFiniteLossError
 
 LIBRARIES = ("flowvi", "flowvi-compile", "zuko", "nflows", "normflows")
 PEERS = ("zuko", "nflows", "normflows")
 FLOWS = ("realnvp", "maf", "nsf")
-BINS, BOUND = 8, 3.0  # flowvi's spline: 8 bins on [-3, 3] (flowvi.transforms.transformers.Spline)
+# flowvi's spline: 8 bins on [-3, 3] (flowvi.transforms.transformers.SplineTransformer)
+BINS, BOUND = 8, 3.0
 
 
 @dataclass(frozen=True)
@@ -144,7 +152,7 @@ def load_data(name: str) -> Data:
         cut, valid_cut = int(0.8 * len(x)), int(0.64 * len(x))
         train, test = x[order[:valid_cut]], x[order[cut:]]
         valid = x[order[valid_cut:cut]]
-    stats = flowvi.data.Standardize.fit(train)
+    stats = flowvi.transforms.StandardizationTransform.fit(train)
     return Data(
         train=stats(train).float(),
         test=stats(test).float(),
@@ -446,9 +454,7 @@ def run(library: str, dataset: str, flow: str, seed: int, s: argparse.Namespace)
             out["sample_error"] = f"{type(error).__name__}: {error}"
     out["load_avg"] = [load_before, os.getloadavg()[0]]
     out["total_s"] = time.perf_counter() - start
-    return finite(
-        record | out | {"threads": torch.get_num_threads(), "versions": versions(library)}
-    )
+    return finite(record | out | {"threads": torch.get_num_threads()} | made_by(library))
 
 
 def warm_up(library: str, dataset: str, flow: str, s: argparse.Namespace) -> None:
@@ -505,41 +511,13 @@ def interleaved(dataset: str, flow: str, s: argparse.Namespace) -> list[dict]:
             }
         if lib in errors:
             record["error"] = errors[lib]
-        out.append(finite(record | {"load_avg": load, "versions": versions(lib)}))
+        out.append(finite(record | {"load_avg": load} | made_by(lib)))
     return out
 
 
-def versions(library: str) -> dict:
-    out = {"torch": torch.__version__, "python": platform.python_version()}
-    if library.startswith("flowvi"):
-        out["flowvi"] = flowvi.__version__
-        out["flowvi_commit"] = _git_commit()
-    else:
-        out[library] = importlib.metadata.version(library)
-    return out
-
-
-def _git_commit() -> str | None:
-    """The repository's commit, with "+dirty" when src/ has uncommitted changes."""
-    root = Path(__file__).resolve().parent.parent
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "src"],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return commit + ("+dirty" if dirty else "")
+def made_by(library: str) -> dict:
+    """The commit, versions (flowvi's, and the peer's for a peer library) and machine."""
+    return provenance() if library.startswith("flowvi") else provenance(library)
 
 
 DATA: dict[str, Data] = {}
@@ -752,23 +730,23 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--interleaved",
         action="store_true",
         help="instead of the fits: per-step time in interleaved blocks (seed 0), robust to a "
-        "shared machine's load; default --out benchmarks/results/density_steps.json",
+        "shared machine's load; default --out benchmarks/results/density_steps.jsonl",
     )
     parser.add_argument("--block", type=int, default=200, help="steps per interleaved block")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved blocks per library")
     parser.add_argument(
         "--out",
         type=Path,
-        help="default: benchmarks/results/density.json (--interleaved: density_steps.json)",
+        help="default: benchmarks/results/density.jsonl (--interleaved: density_steps.jsonl)",
     )
     parser.add_argument("--markdown", action="store_true", help="print the tables of medians")
     args = parser.parse_args(argv)
     if args.smoke:
         args.steps = args.steps or SMOKE_STEPS
         args.seeds, args.samples, args.eval_points, args.repeats = [0], 500, 500, 1
-        args.out = args.out or Path(tempfile.gettempdir()) / "flowvi-density-smoke.json"
-    default = "density_steps.json" if args.interleaved else "density.json"
-    args.out = args.out or Path("benchmarks/results") / default
+        args.out = args.out or Path(tempfile.gettempdir()) / "flowvi-density-smoke.jsonl"
+    default = "density_steps.jsonl" if args.interleaved else "density.jsonl"
+    args.out = args.out or RESULTS / default
     for name in ("steps", "batch_size", "layers"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be a positive integer")

@@ -13,11 +13,11 @@ Time per iteration is the training loop's wall time over iterations, one thread 
 run. The table shows medians over seeds; speed-up = normflows ms/iter ÷ flowvi ms/iter.
 
     pip install -e ".[bench]"
-    python benchmarks/energies.py --markdown             # U1–U4, K = 2, 8, 32, seeds 0 1 2
-    python benchmarks/energies.py --iters 200 --seeds 0 --lengths 2 --targets U1 \\
-        --out /tmp/energies.json --markdown              # a smoke test, seconds
+    python -m benchmarks.energies --markdown             # U1–U4, K = 2, 8, 32, seeds 0 1 2
+    python -m benchmarks.energies --iters 200 --anneal-iters 100 --seeds 0 --lengths 2 \\
+        --targets U1 --out /tmp/energies.jsonl --markdown  # a smoke test, seconds
 
-Results go to a JSON file, one record per library × target × K × seed (and settings); records
+Results go to a JSON Lines file, one record per library × target × K × seed (and settings); records
 already there are skipped, so an interrupted run resumes where it stopped. A run that fails
 (e.g. a non-finite loss) is recorded with its error and not retried; delete it to retry.
 """
@@ -26,18 +26,26 @@ from __future__ import annotations
 
 import argparse
 import math
-import platform
 import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import torch
-from _common import finite, fmt, load_records, median, one_thread, save_records
 from torch import nn
 from tqdm.auto import tqdm
 
 import flowvi
+from benchmarks.common import (
+    RESULTS,
+    finite,
+    fmt,
+    load_records,
+    median,
+    one_thread,
+    provenance,
+    save_records,
+)
 from flowvi.metrics import evaluate
 from flowvi.objectives import beta_schedule
 from flowvi.run import FitConfig
@@ -173,7 +181,7 @@ def run(library: str, name: str, K: int, seed: int, s: argparse.Namespace) -> di
             "total_s": time.perf_counter() - start,
             **extras,
             "threads": torch.get_num_threads(),
-            "versions": versions(library),
+            **(provenance() if library == "flowvi" else provenance(library)),
         }
     )
 
@@ -184,17 +192,6 @@ def warm_up(library: str, s: argparse.Namespace) -> None:
     quick = argparse.Namespace(**{**vars(s), "iters": WARMUP_ITERS})
     torch.manual_seed(0)
     TRAINERS[library](flowvi.targets.get("U1"), 2, quick)
-
-
-def versions(library: str) -> dict:
-    out = {"torch": torch.__version__, "python": platform.python_version()}
-    if library == "flowvi":
-        out["flowvi"] = flowvi.__version__
-    else:
-        import normflows
-
-        out["normflows"] = normflows.__version__
-    return out
 
 
 # ----------------------------------------------------------------------------- records
@@ -274,7 +271,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--lengths", type=int, nargs="+", default=[2, 8, 32])
     parser.add_argument("--targets", nargs="+", default=["U1", "U2", "U3", "U4"])
     parser.add_argument("--libraries", nargs="+", default=list(LIBRARIES), choices=LIBRARIES)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/energies.json"))
+    parser.add_argument("--out", type=Path, default=RESULTS / "energies.jsonl")
     parser.add_argument("--markdown", action="store_true", help="print the table of medians")
     args = parser.parse_args(argv)
     try:  # flowvi's own checks of the settings, before any work

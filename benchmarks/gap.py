@@ -16,32 +16,33 @@ runs recorded):
 Timings are on one thread (``torch.set_num_threads(1)``) of a shared 2-core machine; they vary
 with the load.
 
-    python benchmarks/gap.py --runs RUN_DIAGONAL RUN_FLOW --n 100 --markdown
+    python -m benchmarks.gap --runs RUN_DIAGONAL RUN_FLOW --n 100 --markdown
 
-Results go to ``--out`` (default ``benchmarks/results/gap.json``), one record per run and
-settings, replaced when rerun.
+Results go to ``--out`` (default ``benchmarks/results/gap.jsonl``, JSON Lines), one record per
+run (its directory's name) and settings, replaced when rerun.
 """
 
 from __future__ import annotations
 
 import argparse
-import platform
-import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from _common import fmt, load_records, one_thread, save_records
-
-import flowvi
+from benchmarks.common import (
+    RESULTS,
+    fmt,
+    load_records,
+    one_thread,
+    provenance,
+    save_records,
+    vae_splits,
+)
 from flowvi.vae.evaluate import mean_and_se
 from flowvi.vae.gap import GapSettings, ais_log_likelihood, bdmc, gap_table, inference_gap
-from flowvi.vae.run import DTYPES, _splits, load_vae
-
-RESULTS = Path("benchmarks/results")
+from flowvi.vae.run import DTYPES, load_vae
 
 
 def ais_check(model, x, settings: GapSettings, chains: int) -> dict:
@@ -67,13 +68,13 @@ def ais_check(model, x, settings: GapSettings, chains: int) -> dict:
 def run_one(directory: Path, args: argparse.Namespace, settings: GapSettings) -> dict:
     model, config = load_vae(directory)
     model.eval()
-    x = _splits(config).test[: args.n].to(dtype=DTYPES[config.dtype])
+    x = vae_splits(config).test[: args.n].to(dtype=DTYPES[config.dtype])
     torch.manual_seed(args.seed)
     check = ais_check(model, x[: args.check_points], settings, args.check_chains or args.chains)
     change = f"{check['change']:+.3f} ± {check['change_se']:.3f}"
     print(f"{directory.name}: AIS T -> 2T changes ln p(x) by {change} nats", flush=True)
     if args.only_check:
-        return {"run": str(directory), "settings": asdict(settings), "n": -1, "ais_check": check}
+        return {"run": directory.name, "settings": asdict(settings), "n": -1, "ais_check": check}
     torch.manual_seed(args.seed)
     sim = bdmc(model, args.bdmc_points, chains=settings.chains, steps=settings.steps,
                leapfrog=settings.leapfrog, kind=settings.kind)  # fmt: skip
@@ -82,7 +83,7 @@ def run_one(directory: Path, args: argparse.Namespace, settings: GapSettings) ->
     torch.manual_seed(args.seed)
     result = inference_gap(model, x, settings)
     return {
-        "run": str(directory),
+        "run": directory.name,
         "data": config.data,
         "posterior": config.posterior,
         "length": config.length,
@@ -97,8 +98,7 @@ def run_one(directory: Path, args: argparse.Namespace, settings: GapSettings) ->
         "seconds": result["seconds"],
         "seconds_per_point": result["seconds_per_point"],
         "local_iterations_mean": sum(result["per_point"]["local_iterations"]) / len(x),
-        "versions": {"flowvi": flowvi.__version__, "torch": torch.__version__,
-                     "python": platform.python_version()},
+        **provenance(),
     }  # fmt: skip
 
 
@@ -142,7 +142,7 @@ def main() -> None:
     parser.add_argument("--bdmc-points", type=int, default=10)
     parser.add_argument("--only-check", action="store_true", help="the AIS check alone")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=RESULTS / "gap.json")
+    parser.add_argument("--out", type=Path, default=RESULTS / "gap.jsonl")
     parser.add_argument("--markdown", action="store_true")
     args = parser.parse_args()
     one_thread()

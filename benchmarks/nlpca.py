@@ -31,11 +31,11 @@ the ``load_binary`` split of the seed):
 Timings are not the subject; each record keeps the training seconds (one thread, a machine
 shared with other work: indicative only).
 
-    python benchmarks/nlpca.py --markdown              # d = 2, 4, 8, 16; seeds 0-2
-    python benchmarks/nlpca.py --smoke --markdown      # tiny budget, a minute
+    python -m benchmarks.nlpca --markdown              # d = 2, 4, 8, 16; seeds 0-2
+    python -m benchmarks.nlpca --smoke --markdown      # tiny budget, a minute
 
-Results go to ``--out`` (default ``benchmarks/results/nlpca.json``), one record per model ×
-latent size × seed; records already there are skipped. The figure
+Results go to ``--out`` (default ``benchmarks/results/nlpca.jsonl``, JSON Lines), one record
+per model × latent size × seed; records already there are skipped. The figure
 (``benchmarks/results/nlpca_samples.png``) shows samples of the three models at
 ``--figure-latent`` (seed 0) beside real test images.
 """
@@ -45,22 +45,28 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from _common import finite, fmt, load_records, median, one_thread, save_records
-
+from benchmarks.common import (
+    RESULTS,
+    finite,
+    fmt,
+    load_records,
+    median,
+    one_thread,
+    provenance,
+    save_records,
+    vae_splits,
+)
 from flowvi.plot import image_panels
 from flowvi.vae.evaluate import log_likelihood, mean_and_se, mean_elbo
 from flowvi.vae.pca import load_nlpca, reconstruction_metrics, vae_reconstruction
-from flowvi.vae.run import WEIGHTS, VAEConfig, _splits, load_vae, run_vae
+from flowvi.vae.run import WEIGHTS, VAEConfig, load_vae, run_vae
 
-RESULTS = Path("benchmarks/results")
 MODELS = {
     "nlpca": {"model": "nlpca"},
     "vae": {"posterior": "diagonal"},
@@ -121,7 +127,7 @@ def run_one(s: argparse.Namespace, model_name: str, d: int, seed: int, clf) -> d
                 progress=False,
             )
     seconds = time.perf_counter() - start
-    splits = _splits(config)
+    splits = vae_splits(config)
     test, train = splits.test.float(), splits.train.float()
     record = {"model": model_name, "latent": d, "seed": seed, "epochs_max": s.epochs}
     if model_name == "nlpca":
@@ -158,14 +164,14 @@ def run_one(s: argparse.Namespace, model_name: str, d: int, seed: int, clf) -> d
         "train_seconds": training["train_seconds_this_session"],
         "wall_seconds": seconds,
     }
-    return finite(record)
+    return finite(record | provenance())
 
 
 def linear_pca_pixel_error(d: int, seed: int) -> float:
     """Pixel error of linear PCA with ``d`` components on the same binary split."""
     from sklearn.decomposition import PCA
 
-    splits = _splits(VAEConfig(seed=seed))
+    splits = vae_splits(VAEConfig(seed=seed))
     pca = PCA(n_components=d, random_state=seed).fit(splits.train.numpy())
     recon = pca.inverse_transform(pca.transform(splits.test.numpy()))
     return float(((recon > 0.5) != (splits.test.numpy() > 0.5)).mean())
@@ -173,7 +179,7 @@ def linear_pca_pixel_error(d: int, seed: int) -> float:
 
 def figure(s: argparse.Namespace, d: int) -> Path:
     config = VAEConfig(seed=0)
-    splits = _splits(config)
+    splits = vae_splits(config)
     panels = {"test images": splits.test[:64]}
     names = {"vae": "VAE, N(0, I) prior", "vae-maf": "VAE, MAF prior", "nlpca": "nonlinear PCA"}
     for name, title in names.items():
@@ -227,17 +233,17 @@ def main() -> None:
     parser.add_argument("--n-samples", type=int, default=1000)
     parser.add_argument("--figure-latent", type=int, default=8)
     parser.add_argument("--runs", type=Path, default=Path("runs/bench-nlpca"))
-    parser.add_argument("--out", type=Path, default=RESULTS / "nlpca.json")
+    parser.add_argument("--out", type=Path, default=RESULTS / "nlpca.jsonl")
     parser.add_argument("--markdown", action="store_true")
     parser.add_argument("--smoke", action="store_true", help="d = 2, one seed, 3 epochs")
     s = parser.parse_args()
     if s.smoke:
         s.latents, s.seeds, s.epochs, s.eval_samples, s.n_samples = [2], [0], 3, 50, 100
-        s.out, s.runs = Path("/tmp/flowvi-nlpca-smoke.json"), Path("/tmp/flowvi-nlpca-smoke")
+        s.out, s.runs = Path("/tmp/flowvi-nlpca-smoke.jsonl"), Path("/tmp/flowvi-nlpca-smoke")
         s.figure_latent = 2
     one_thread()
     clf, accuracy = judge()
-    real = sample_scores(clf, _splits(VAEConfig(seed=0)).test)
+    real = sample_scores(clf, vae_splits(VAEConfig(seed=0)).test)
     records = load_records(s.out)
     done = {(r["model"], r["latent"], r["seed"], r.get("epochs_max")) for r in records}
     for seed in s.seeds:
@@ -263,6 +269,7 @@ def main() -> None:
                         "seed": seed,
                         "test_pixel_error": linear_pca_pixel_error(d, seed),
                     }
+                    | provenance()
                 )
                 save_records(s.out, records)
     if s.figure_latent in s.latents and 0 in s.seeds:

@@ -8,16 +8,17 @@ log joint). Time per step should not grow with N. For each N the fit runs ``--wa
 untimed steps, then ``--steps`` timed ones; the weights' posterior mean is compared with the
 true weights at the end (a sanity check that the minibatch fit learns).
 
-    python benchmarks/subsample.py                  # N = 10^4, 10^5, 10^6; prints a table
-    python benchmarks/subsample.py --sizes 10000 --steps 50      # a quick check
+    python -m benchmarks.subsample                  # N = 10^4, 10^5, 10^6; prints a table
+    python -m benchmarks.subsample --sizes 10000 --steps 50      # a quick check
+
+With ``--out`` (e.g. ``benchmarks/results/subsample.jsonl``) the records are appended as JSON
+Lines with the git commit, the versions and the machine.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
-import subprocess
 import time
 
 import pyro
@@ -26,6 +27,7 @@ import torch
 
 import flowvi
 import flowvi.pyro
+from benchmarks.common import provenance
 from flowvi.inference.guides import build_guide
 
 
@@ -72,23 +74,15 @@ def main(argv=None) -> None:
     parser.add_argument("--out", default=None, help="append the records (JSON Lines) here")
     args = parser.parse_args(argv)
     flowvi.set_num_threads(1)
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
-    ).stdout.strip()
-    machine = {"cpus": torch.get_num_threads(), "platform": platform.platform(terse=True)}
+    made = provenance("pyro-ppl")
     print("| N | ms per step | max error of the posterior mean |")
     print("|---:|---:|---:|")
     for n in args.sizes:
-        record = run(n, args) | {
-            "commit": commit,
-            "torch": torch.__version__,
-            "pyro": pyro.__version__,
-            "machine": machine,
-        }
+        record = run(n, args) | made
         print(f"| {n:,} | {record['ms_per_step']:.2f} | {record['max_abs_error_of_mean']:.3f} |")
         if args.out:
             with open(args.out, "a") as f:
-                f.write(json.dumps(record) + "\n")
+                f.write(json.dumps(record, separators=(",", ":")) + "\n")
 
 
 if __name__ == "__main__":

@@ -25,38 +25,41 @@ Timings, one thread (``torch.set_num_threads(1)``): s/epoch = training wall time
 on the ``--eval-points`` images. On a shared machine they vary with the load. The table's gap is
 the inference gap -ELBO - (-ln p(x)) on the ``--eval-points`` images (both on the same images).
 
-    python benchmarks/vae.py --markdown                       # Fashion-MNIST, all posteriors
-    python benchmarks/vae.py --data digits --epochs 100 --warmup 10 --markdown
-    python benchmarks/vae.py --smoke --markdown               # a tiny budget, a minute
-    python benchmarks/vae.py --timing                         # ms/step, interleaved blocks
+    python -m benchmarks.vae --markdown                       # Fashion-MNIST, all posteriors
+    python -m benchmarks.vae --data digits --epochs 100 --warmup 10 --markdown
+    python -m benchmarks.vae --smoke --markdown               # a tiny budget, a minute
+    python -m benchmarks.vae --timing                         # ms/step, interleaved blocks
 
-Results go to ``--out`` (default ``benchmarks/results/vae.json``), one record per data set ×
-posterior × settings; records already there are skipped, and an interrupted training run is
-resumed from its checkpoint.
+Results go to ``--out`` (default ``benchmarks/results/vae.jsonl``, JSON Lines; ``--timing``:
+``vae_timing.jsonl`` beside it), one record per data set × posterior × settings; records
+already there are skipped, and an interrupted training run is resumed from its checkpoint.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-import platform
-import sys
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from _common import finite, fmt, load_records, one_thread, save_records
-
-import flowvi
+from benchmarks.common import (
+    RESULTS,
+    finite,
+    fmt,
+    load_records,
+    one_thread,
+    provenance,
+    save_records,
+    vae_splits,
+)
 from flowvi.fused import BatchLoss, FusedAdamStep
 from flowvi.train import CHECKPOINT, train
 from flowvi.vae.evaluate import log_likelihood, mean_and_se, mean_elbo
-from flowvi.vae.run import KLS, WEIGHTS, VAEConfig, _splits, load_vae, make_vae, run_vae
+from flowvi.vae.run import KLS, WEIGHTS, VAEConfig, load_vae, make_vae, run_vae
 
-RESULTS = Path("benchmarks/results")
 POSTERIORS = ("diagonal", "planar", "radial", "sylvester-o", "sylvester-h", "sylvester-t", "iaf")
 KL_TAGS = {"mc": " (MC KL)", "split": " (split KL)"}
 
@@ -134,7 +137,7 @@ def run_one(posterior: str, length: int, s: argparse.Namespace) -> dict:
         train_info = _read(directory / "train.json")
     model, config = load_vae(directory)
     model.eval()
-    splits = _splits(config)
+    splits = vae_splits(config)
     x = splits.test.to(torch.float32)
     torch.manual_seed(s.seed)
     neg_elbo = -mean_elbo(model, x)
@@ -168,12 +171,8 @@ def run_one(posterior: str, length: int, s: argparse.Namespace) -> dict:
             "test_nll_se": nll_se,
             "eval_seconds": eval_seconds,
             "nll_per_image": [round(v, 4) for v in nll.tolist()],
-            "versions": {
-                "flowvi": flowvi.__version__,
-                "torch": torch.__version__,
-                "python": platform.python_version(),
-            },
-            "machine": f"{platform.machine()}, {torch.get_num_threads()} thread(s)",
+            "threads": torch.get_num_threads(),
+            **provenance(),
             "compiled": s.compile,
             "config": {k: v for k, v in asdict(config).items() if k != "data_dir"},
         }
@@ -291,7 +290,7 @@ def timing(s: argparse.Namespace) -> list[dict]:
     config = VAEConfig(
         data=s.data, latent=s.latent, hidden=tuple(s.hidden), seed=s.seed, lr=s.lr, kl=s.kl
     )
-    splits = _splits(config)
+    splits = vae_splits(config)
     x = splits.train[: s.batch_size].to(torch.float32)
     per_epoch = math.ceil(len(splits.train) / s.batch_size)
     blocks = {}
@@ -330,8 +329,8 @@ def timing(s: argparse.Namespace) -> list[dict]:
                 "ratio_to_diagonal": best[posterior] / best.get("diagonal", math.nan),
                 "rounds": s.timing_rounds,
                 "steps_per_block": s.timing_steps,
-                "machine": f"{platform.machine()}, 1 thread",
-                "torch": torch.__version__,
+                "threads": 1,
+                **provenance(),
             }
         )
     return records
@@ -398,7 +397,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--compile", action="store_true", help="train (and time) compiled steps (torch.compile)"
     )
     parser.add_argument("--runs", type=Path, default=Path("runs/bench-vae"))
-    parser.add_argument("--out", type=Path, default=RESULTS / "vae.json")
+    parser.add_argument("--out", type=Path, default=RESULTS / "vae.jsonl")
     parser.add_argument("--progress", action="store_true", help="progress bars")
     parser.add_argument(
         "--timing", action="store_true", help="only per-step times, interleaved (see timing)"
@@ -417,7 +416,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     s = parser.parse_args(argv)
     if s.smoke:
         s.data, s.epochs, s.warmup, s.eval_samples, s.eval_points = "digits", 2, 1, 50, 50
-        s.out, s.runs = Path("/tmp/flowvi-vae-smoke.json"), Path("/tmp/flowvi-vae-smoke")
+        s.out, s.runs = Path("/tmp/flowvi-vae-smoke.jsonl"), Path("/tmp/flowvi-vae-smoke")
     return s
 
 
@@ -426,7 +425,7 @@ def main(argv=None) -> None:
     one_thread()
     if s.timing:
         records = timing(s)
-        save_records(s.out.with_name(s.out.stem + "_timing.json"), records)
+        save_records(s.out.with_name(s.out.stem + "_timing.jsonl"), records)
         print(timing_table(records))
         return
     records = load_records(s.out)
