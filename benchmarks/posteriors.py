@@ -58,10 +58,13 @@ a record already there (same model, guide, seed and settings) is skipped, so an 
 resumes and several processes can share the file.
 
     pip install -e ".[dev,bench]"
-    python benchmarks/posteriors.py --markdown                       # fit's defaults, all peers
-    python benchmarks/posteriors.py --libraries flowvi --anneal-iters 0 --markdown
-    python benchmarks/posteriors.py --libraries flowvi --anneal-iters 0 --init-scale 0.1
-    python benchmarks/posteriors.py --smoke --markdown               # tiny budgets, a minute
+    python -m benchmarks.posteriors --summary                  # fit's defaults, all peers
+    python -m benchmarks.posteriors --libraries flowvi --lr 0.01 --init-scale 1 --summary
+    python -m benchmarks.posteriors --libraries flowvi --fit-option anneal=0.5 --summary
+    python -m benchmarks.posteriors --smoke --markdown         # tiny budgets, a minute
+
+(``python benchmarks/posteriors.py`` works too. To fit with another tree of flowvi, e.g. an
+older commit's, put its ``src`` first: ``PYTHONPATH=/tmp/flowvi_old/src python -m ...``.)
 """
 
 from __future__ import annotations
@@ -86,10 +89,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-sys.path.insert(0, str(Path(__file__).parent))
-from _common import finite, fmt, one_thread
-
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # also as a plain script
 import flowvi
+from benchmarks.common import finite, fmt, one_thread
 from flowvi.inference.guides import GUIDES as FLOWVI_GUIDES
 from flowvi.inference.guides import build_guide
 from flowvi.metrics import psis_khat
@@ -190,7 +192,7 @@ def logistic() -> Model:
     cache = RESULTS / "posteriors_logistic_hmc.npy"
     chains, warmup, draws = 32, 500, 1000
     if not cache.exists():
-        from bbvi import hmc_reference
+        from benchmarks.bbvi import hmc_reference
 
         settings = argparse.Namespace(hmc_chains=chains, hmc_warmup=warmup, hmc_draws=draws)
         start = time.perf_counter()
