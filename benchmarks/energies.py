@@ -189,7 +189,9 @@ def run(library: str, name: str, K: int, seed: int, s: argparse.Namespace) -> di
 def warm_up(library: str, s: argparse.Namespace) -> None:
     """A few iterations untimed, so that one-time costs (lazy imports, allocator) stay out of
     the first timed run."""
-    quick = argparse.Namespace(**{**vars(s), "iters": WARMUP_ITERS})
+    quick = argparse.Namespace(
+        **{**vars(s), "iters": WARMUP_ITERS, "anneal_iters": WARMUP_ITERS // 2}
+    )
     torch.manual_seed(0)
     TRAINERS[library](flowvi.targets.get("U1"), 2, quick)
 
