@@ -12,7 +12,7 @@ import torch
 from torch.autograd.functional import jacobian
 
 from flowvi import data
-from flowvi.data import LogitPreprocess, Standardize
+from flowvi.transforms import LogitPreprocessingTransform, StandardizationTransform
 
 F64 = torch.float64
 
@@ -204,7 +204,7 @@ def _autograd_log_det(t, x):
 def test_standardize_fit_inverse_and_ladj():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(50, 3, generator=g, dtype=F64) * torch.tensor([0.1, 2.0, 30.0]) + 5
-    t = Standardize.fit(x)
+    t = StandardizationTransform.fit(x)
     y, ladj = t.call_and_ladj(x)
     torch.testing.assert_close(y.mean(0), torch.zeros(3, dtype=F64), rtol=0, atol=1e-12)
     torch.testing.assert_close(y.std(0, correction=0), torch.ones(3, dtype=F64), rtol=0, atol=1e-12)
@@ -224,7 +224,7 @@ def test_standardize_gives_log_prob_in_data_units_and_round_trips_safetensors(tm
     from safetensors.torch import load_file, save_file
 
     mean, std = torch.tensor([1.0, -2.0], dtype=F64), torch.tensor([0.5, 3.0], dtype=F64)
-    t = Standardize(mean, std)
+    t = StandardizationTransform(mean, std)
     # a standard normal in y is N(mean, diag std²) in x: log_prob must match exactly
     x = torch.randn(20, 2, dtype=F64, generator=torch.Generator().manual_seed(1)) * 2
     y, ladj = t.call_and_ladj(x)
@@ -232,19 +232,19 @@ def test_standardize_gives_log_prob_in_data_units_and_round_trips_safetensors(tm
     expected = torch.distributions.Normal(mean, std).log_prob(x).sum(-1)
     torch.testing.assert_close(log_p, expected, rtol=0, atol=1e-12)
     save_file(t.state(), tmp_path / "s.safetensors")
-    back = Standardize.from_state(load_file(tmp_path / "s.safetensors"))
+    back = StandardizationTransform.from_state(load_file(tmp_path / "s.safetensors"))
     assert torch.equal(back(x), t(x))
 
 
 def test_standardize_refuses_bad_statistics():
     with pytest.raises(ValueError, match="column 1"):
-        Standardize(torch.zeros(2), torch.tensor([1.0, 0.0]))
+        StandardizationTransform(torch.zeros(2), torch.tensor([1.0, 0.0]))
     with pytest.raises(ValueError, match="shape"):
-        Standardize(torch.zeros(2), torch.ones(3))
+        StandardizationTransform(torch.zeros(2), torch.ones(3))
     with pytest.raises(ValueError, match=r"column\(s\) \[1\]"):
-        Standardize.fit(torch.tensor([[1.0, 2.0], [3.0, 2.0]]))
+        StandardizationTransform.fit(torch.tensor([[1.0, 2.0], [3.0, 2.0]]))
     with pytest.raises(ValueError, match="row 1"):
-        Standardize.fit(torch.tensor([[1.0, 2.0], [math.nan, 2.0], [0.0, 1.0]]))
+        StandardizationTransform.fit(torch.tensor([[1.0, 2.0], [math.nan, 2.0], [0.0, 1.0]]))
 
 
 @pytest.mark.parametrize(("levels", "alpha"), [(256, 0.05), (17, 0.05), (2, 0.0), (256, 0.0)])
@@ -255,7 +255,7 @@ def test_logit_preprocess_inverse_and_ladj_against_autograd(levels, alpha):
     assert ((x >= k) & (x < k + 1)).all()
     if alpha == 0:
         x = x.clamp(1e-6, levels - 1e-6)
-    t = LogitPreprocess(levels, alpha)
+    t = LogitPreprocessingTransform(levels, alpha)
     y, ladj = t.call_and_ladj(x)
     assert ladj.shape == (6,)
     torch.testing.assert_close(t.inv(y), x, rtol=0, atol=1e-10 * levels)
@@ -268,7 +268,7 @@ def test_logit_preprocess_inverse_and_ladj_against_autograd(levels, alpha):
 
 
 def test_logit_preprocess_is_exact_at_the_edges_and_in_float32():
-    t = LogitPreprocess(256, 0.05)
+    t = LogitPreprocessingTransform(256, 0.05)
     x = torch.tensor([[0.0, 255.999999]], dtype=F64)
     y, ladj = t.call_and_ladj(x)
     s = torch.tensor([0.05, 0.05 + 0.9 * 255.999999 / 256], dtype=F64)
@@ -286,7 +286,7 @@ def test_logit_preprocess_outside_its_domain_has_ladj_minus_inf_not_nan(alpha):
     components the placeholder image 0 with zero gradient; rows inside are untouched; NaN stays
     NaN."""
     levels = 4
-    t = LogitPreprocess(levels, alpha)
+    t = LogitPreprocessingTransform(levels, alpha)
     lo, hi = -alpha * levels / (1 - 2 * alpha), levels * (1 - alpha) / (1 - 2 * alpha)
     x = torch.tensor(
         [[1.0, 2.0], [lo - 0.1, 2.0], [1.0, hi + 0.1], [lo, 1.0], [1.0, hi], [-1e9, 1e9]],
@@ -316,7 +316,7 @@ def _gauss_legendre(a, b, n=200):
 @pytest.mark.parametrize("alpha", [0.05, 0.0])
 def test_change_of_variables_through_the_logit_map_integrates_to_one(alpha):
     levels = 4
-    t = LogitPreprocess(levels, alpha)
+    t = LogitPreprocessingTransform(levels, alpha)
     # 1. uniform data on [0, L): p_y(y) = (1/L) |dx/dy| on y ∈ [logit α, logit(1 − α)]
     lo = math.log(alpha / (1 - alpha)) if alpha else -40.0
     y, w = _gauss_legendre(lo, -lo, 400)
@@ -342,9 +342,9 @@ def test_bits_per_dim_of_the_uniform_density_is_log2_levels():
 
 def test_logit_preprocess_refuses_bad_settings():
     with pytest.raises(ValueError, match="alpha"):
-        LogitPreprocess(256, 0.5)
+        LogitPreprocessingTransform(256, 0.5)
     with pytest.raises(ValueError, match="levels"):
-        LogitPreprocess(1)
+        LogitPreprocessingTransform(1)
 
 
 def test_dequantize_keeps_device_dtype_and_is_reproducible():

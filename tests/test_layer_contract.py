@@ -1,5 +1,8 @@
 """The contract every flow layer honours, checked in float64 over every registered layer.
 
+The layers come from the registry ``flowvi.flows.LAYERS``, whose classes all derive from
+``flowvi.flows.Layer``; those that take a context (``takes_context``) are also checked amortized.
+
 inverse recovers the input; ladj equals log|det| of the autograd Jacobian; gradients pass
 gradcheck; every parameter gets a gradient; any raw parameters give an invertible layer;
 amortized layers give each datapoint its own transform.
@@ -7,20 +10,18 @@ amortized layers give each datapoint its own transform.
 
 from __future__ import annotations
 
-import inspect
-
 import pytest
 import torch
 from torch.autograd.functional import jacobian
 from torch.func import functional_call
 
-from flowvi.flows import IAF, LAYERS, MAF, Coupling, Layer
-from flowvi.transforms import PlanarTransform, RadialTransform
+from flowvi.flows import LAYERS, Layer
+from flowvi.transforms import PlanarTransform, RadialTransform, Transform
 
 DIMS = [1, 2, 5]
 NAMES = sorted(LAYERS)
-AMORTIZABLE = [name for name in NAMES if issubclass(LAYERS[name], Layer | Coupling | MAF | IAF)]
-COUPLINGS = [name for name in NAMES if issubclass(LAYERS[name], Coupling)]
+AMORTIZABLE = [name for name in NAMES if LAYERS[name].takes_context]
+COUPLINGS = [name for name in NAMES if "mask" in LAYERS[name].options()]
 # options the contract needs: the residual layer's exact log-determinant at every d (its
 # "auto" default is the randomized series for d > 4, checked in tests/test_residual.py); the
 # monotone layers with two-layer scalar networks of 2 units, since gradcheck re-solves their
@@ -43,7 +44,7 @@ def _make(name, d, **kwargs):
     and gradcheck perturbs every weight one at a time."""
     cls = LAYERS[name]
     kwargs = {**OPTIONS.get(name, {}), **kwargs}
-    if "hidden" in inspect.signature(cls).parameters:
+    if "hidden" in cls.options():
         kwargs.setdefault("hidden", (8, 8))
     return cls(d, **kwargs)
 
@@ -115,6 +116,20 @@ def _log_abs_det(t, z):
 def _points(d, n=7, scale=2.0, seed=1):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(n, d, generator=g, dtype=torch.float64) * scale
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_registered_layer_derives_from_the_one_base(name):
+    layer = _make(name, 3)
+    assert isinstance(layer, Layer) and layer.d == 3
+    assert isinstance(layer(), Transform)
+    assert set(OPTIONS.get(name, {})) <= set(LAYERS[name].options())
+
+
+@pytest.mark.parametrize("name", sorted(set(NAMES) - set(AMORTIZABLE)))
+def test_a_layer_without_context_refuses_a_context_dim(name):
+    with pytest.raises(ValueError, match="not amortized"):
+        LAYERS[name](3, context_dim=2)
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -28,7 +28,7 @@ from flowvi.flows import (
 )
 from flowvi.io import load, save
 from flowvi.transforms._solve import solve_increasing
-from flowvi.transforms.transformers import TRANSFORMERS, Monotone
+from flowvi.transforms.transformers import TRANSFORMERS, MonotoneTransformer
 
 F64 = torch.float64
 SHAPES = [(8,), (3, 4), (2, 3, 2)]
@@ -42,7 +42,7 @@ def _params(m, n, k, *, scale, seed):
 @pytest.mark.parametrize("hidden", SHAPES)
 @pytest.mark.parametrize("scale", [0.5, 3.0])
 def test_strictly_increasing_with_the_exact_log_derivative(hidden, scale):
-    m = Monotone(hidden)
+    m = MonotoneTransformer(hidden)
     p = _params(m, 1, 6, scale=scale, seed=0)  # 6 scalar maps, one grid each
     x = torch.linspace(-12, 12, 4001, dtype=F64)[:, None].expand(-1, 6).clone()
     y, log_dy = m.call(x, p)
@@ -57,7 +57,7 @@ def test_strictly_increasing_with_the_exact_log_derivative(hidden, scale):
 
 
 def test_log_derivative_stays_finite_where_tanh_saturates():
-    m = Monotone((4, 4))
+    m = MonotoneTransformer((4, 4))
     p = torch.full((1, 1, m.num_params), 40.0, dtype=F64)  # weights e^40-ish: every unit saturated
     x = torch.tensor([[-3.0], [0.0], [3.0]], dtype=F64)
     y, log_dy = m.call(x, p)
@@ -72,7 +72,7 @@ def test_log_derivative_stays_finite_where_tanh_saturates():
 @pytest.mark.parametrize("hidden", SHAPES)
 @pytest.mark.parametrize("scale", [0.5, 3.0, 30.0])
 def test_inverse_is_exact_in_float64(hidden, scale):
-    m = Monotone(hidden)
+    m = MonotoneTransformer(hidden)
     p = _params(m, 200, 3, scale=scale, seed=1)
     x = torch.randn(200, 3, generator=torch.Generator().manual_seed(2), dtype=F64) * 5
     x[:5] *= 1e3  # far out on the linear tails
@@ -84,7 +84,7 @@ def test_inverse_is_exact_in_float64(hidden, scale):
 
 def test_onto_the_real_line():
     """Any y, however far, has a preimage: the linear term's ε x outgrows the bounded tanh part."""
-    m = Monotone((8,))
+    m = MonotoneTransformer((8,))
     p = _params(m, 1, 4, scale=2.0, seed=3)
     y = torch.tensor([[-1e6], [-1.0], [1.0], [1e6]], dtype=F64).expand(-1, 4)
     x, _ = m.inverse(y, p)
@@ -94,7 +94,7 @@ def test_onto_the_real_line():
 
 @pytest.mark.parametrize("hidden", SHAPES)
 def test_zero_parameters_give_an_odd_near_identity_map(hidden):
-    m = Monotone(hidden)
+    m = MonotoneTransformer(hidden)
     x = torch.linspace(-6, 6, 121, dtype=F64)[:, None]
     y, log_dy = m.call(x, torch.zeros(121, 1, m.num_params, dtype=F64))
     torch.testing.assert_close(y, -y.flip(0), rtol=0, atol=1e-14)
@@ -108,7 +108,7 @@ def test_zero_parameters_give_an_odd_near_identity_map(hidden):
 
 
 def test_float32_round_trip():
-    m = Monotone((8,))
+    m = MonotoneTransformer((8,))
     p = _params(m, 64, 2, scale=1.0, seed=4).float()
     x = torch.randn(64, 2) * 3
     y, log_dy = m.call(x, p)
@@ -117,12 +117,12 @@ def test_float32_round_trip():
 
 
 def test_parameter_count_and_bad_sizes():
-    assert Monotone((8,)).num_params == 8 + 8 + 8 + 2
-    assert Monotone((3, 4)).num_params == (3 + 3) + (12 + 4) + 4 + 2
+    assert MonotoneTransformer((8,)).num_params == 8 + 8 + 8 + 2
+    assert MonotoneTransformer((3, 4)).num_params == (3 + 3) + (12 + 4) + 4 + 2
     assert TRANSFORMERS["monotone"].hidden == (8,)
     for bad in [(), (0,), (2, -1), (2.5,), (True,)]:
         with pytest.raises(ValueError, match="hidden"):
-            Monotone(bad)
+            MonotoneTransformer(bad)
 
 
 def test_solver_breaks_newton_cycles():

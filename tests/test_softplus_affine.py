@@ -12,7 +12,7 @@ from torch.autograd.functional import jacobian
 
 from flowvi.density_run import DensityConfig
 from flowvi.flows import IAF, MAF, RealNVP, build, describe, rebuild
-from flowvi.transforms.transformers import TRANSFORMERS, SoftplusAffine
+from flowvi.transforms.transformers import TRANSFORMERS, SoftplusAffineTransformer
 
 T = TRANSFORMERS["softplus-affine"]
 
@@ -66,9 +66,9 @@ def test_layers_with_it_keep_the_layer_contract(cls):
 def test_build_and_runs_take_it_and_keep_it():
     torch.manual_seed(0)
     flow = build("maf", 3, length=2, hidden=(8,), transformer="softplus-affine")
-    assert all(isinstance(layer.transformer, SoftplusAffine) for layer in flow.layers)
+    assert all(isinstance(layer.transformer, SoftplusAffineTransformer) for layer in flow.layers)
     again = rebuild(json.loads(json.dumps(describe(flow))))
-    assert isinstance(again.layers[1].transformer, SoftplusAffine)
+    assert isinstance(again.layers[1].transformer, SoftplusAffineTransformer)
     # a zero-initialized MADE starts every MAF layer at the contraction by ln 2 from data to
     # noise (the direction of its one-pass density)
     x = torch.randn(4, 3)

@@ -1,11 +1,11 @@
 """Contract of the parametric flow layers (free raw parameters -> Transform), in float64.
 
-For every ``Layer`` in ``flowvi.flows.LAYERS`` (planar, radial, affine, triangular, lu), with
-random and with extreme raw parameters: the inverse recovers the input, ``call_and_ladj``'s
-log-determinant equals that of the autograd Jacobian, the inverse returns ``(z, -ladj)``,
-gradients pass ``gradcheck``, every parameter gets a gradient, float32 works, and amortized
-layers give each datapoint its own exact bijection. The invertibility constraints of planar
-(w·û > -1) and radial (β̂ > -α) are checked directly.
+For every ``ParametricLayer`` in ``flowvi.flows.LAYERS`` (planar, radial, affine, triangular,
+lu, ...), with random and with extreme raw parameters: the inverse recovers the input,
+``call_and_ladj``'s log-determinant equals that of the autograd Jacobian, the inverse returns
+``(z, -ladj)``, gradients pass ``gradcheck``, every parameter gets a gradient, float32 works,
+and amortized layers give each datapoint its own exact bijection. The invertibility constraints
+of planar (w·û > -1) and radial (β̂ > -α) are checked directly.
 """
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ import pytest
 import torch
 from torch.autograd.functional import jacobian
 
-from flowvi.flows import LAYERS, Layer
+from flowvi.flows import LAYERS, ParametricLayer
 from flowvi.transforms import PlanarTransform, RadialTransform
 
 F64 = torch.float64
 DIMS = [1, 2, 5]
-NAMES = sorted(name for name, cls in LAYERS.items() if issubclass(cls, Layer))
+NAMES = sorted(name for name, cls in LAYERS.items() if issubclass(cls, ParametricLayer))
 CONTEXT = 4
 
 

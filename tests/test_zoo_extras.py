@@ -32,11 +32,11 @@ from flowvi.flows import (
     describe,
     rebuild,
 )
-from flowvi.flows.networked import coupling_mask
+from flowvi.flows.coupling import coupling_mask
 from flowvi.io import load, save
 from flowvi.nn import MADE, MaskedLinear, hidden_degrees
 from flowvi.transforms import LeakyReLUTransform, SigmoidTransform
-from flowvi.transforms.transformers import Spline
+from flowvi.transforms.transformers import SplineTransformer
 
 F64 = torch.float64
 
@@ -202,7 +202,7 @@ def _spline_params(spline, n, seed=0, scale=2.0):
 
 
 def test_spline_is_monotone_with_the_derivative_it_reports():
-    spline = Spline()
+    spline = SplineTransformer()
     params = _spline_params(spline, 5)
     x = torch.linspace(-4, 4, 1601, dtype=F64)[None, :].expand(5, -1).contiguous()
     p = params[:, None, :].expand(-1, x.shape[1], -1)
@@ -215,7 +215,7 @@ def test_spline_is_monotone_with_the_derivative_it_reports():
 
 
 def test_spline_is_continuous_at_the_knots():
-    spline = Spline()
+    spline = SplineTransformer()
     K = spline.bins
     params = _spline_params(spline, 4, seed=1, scale=3.0)
     xs, _ = spline._knots(params[:, :K])  # (4, K + 1), from -B to B
@@ -233,7 +233,7 @@ def test_spline_is_continuous_at_the_knots():
 
 
 def test_spline_is_the_identity_in_the_tails():
-    spline = Spline(bins=5, bound=2.0)
+    spline = SplineTransformer(bins=5, bound=2.0)
     params = _spline_params(spline, 6, seed=2)
     x = torch.tensor([-50.0, -7.0, -2.0 - 1e-9, 2.0, 2.5, 1e3], dtype=F64)
     y, ladj = spline.call(x, params)
@@ -243,7 +243,7 @@ def test_spline_is_the_identity_in_the_tails():
 
 
 def test_spline_inverse_is_exact():
-    spline = Spline()
+    spline = SplineTransformer()
     n = 400
     x = torch.linspace(-3.5, 3.5, n, dtype=F64)
     for scale in (1.0, 4.0):  # typical, and sharp bins with slopes down to ~1e-7

@@ -16,3 +16,11 @@ def check_choice(value: str, choices: Iterable[str], kind: str) -> None:
     choices = sorted(choices)
     if value not in choices:
         raise ValueError(f"unknown {kind} {value!r}; valid {kind}s: {', '.join(choices)}")
+
+
+def check_hidden(hidden: Iterable[int], name: str = "hidden layer size") -> tuple[int, ...]:
+    """``hidden`` as a tuple; raise ``ValueError`` unless every size is a positive integer."""
+    hidden = tuple(hidden)
+    for size in hidden:
+        check_dim(size, name)
+    return hidden

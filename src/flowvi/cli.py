@@ -19,8 +19,7 @@ from flowvi.density_run import (
     resume_density_config,
     run_density,
 )
-from flowvi.flows import LAYERS
-from flowvi.flows.networked import MASKS, ORDERS
+from flowvi.flows import LAYERS, MASKS, ORDERS
 from flowvi.inference.cavi import INITS
 from flowvi.inference.cavi_run import CAVIConfig, run_cavi
 from flowvi.inference.estimators import EstimatorsConfig, run_estimators

@@ -16,8 +16,15 @@ import flowvi
 from flowvi import data
 from flowvi._checks import check_choice, check_dim
 from flowvi.density import check_data, fit_density
-from flowvi.flows import LAYERS, LogitPreprocessing, NormalizingFlow, Standardization, describe
-from flowvi.flows.networked import MASKS, ORDERS
+from flowvi.flows import (
+    LAYERS,
+    MASKS,
+    ORDERS,
+    LogitPreprocessing,
+    NormalizingFlow,
+    Standardization,
+    describe,
+)
 from flowvi.io import (
     CHECKPOINT,
     CONFIG,
@@ -201,7 +208,7 @@ def make_flow(config: DensityConfig, splits: Splits) -> NormalizingFlow:
     d = splits.train.shape[1]
     flow = build_flow(config, d)
     if splits.levels is None:
-        stats = data.Standardize.fit(splits.train)
+        stats = flowvi.transforms.StandardizationTransform.fit(splits.train)
         tail = Standardization(d, mean=stats.mean, std=stats.std)
     else:
         tail = LogitPreprocessing(d, levels=splits.levels, alpha=config.alpha)

@@ -17,8 +17,7 @@ from flowvi._checks import check_choice, check_dim
 from flowvi._imports import load_object
 from flowvi.data.tables import read_arrays
 from flowvi.fitting import annealing_iters, fit
-from flowvi.flows import build, describe
-from flowvi.flows.networked import MASKS, ORDERS
+from flowvi.flows import MASKS, ORDERS, build, describe
 from flowvi.inference.guides import initialize
 from flowvi.io import (
     CHECKPOINT,

@@ -4,42 +4,30 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from torch import nn
-
 from flowvi._checks import check_choice, check_dim
 from flowvi.distributions import BASES
 from flowvi.flows.actnorm import ActNorm
-from flowvi.flows.fixed import LogitPreprocessing, Standardization
-from flowvi.flows.flow import FlowDistribution, NormalizingFlow
-from flowvi.flows.layer import Layer
-from flowvi.flows.layers import (
-    LU,
-    QR,
-    Affine,
-    LeakyReLU,
-    Permutation,
-    Planar,
-    Radial,
-    Reverse,
-    Sigmoid,
-    TriangularAffine,
-)
-from flowvi.flows.networked import (
+from flowvi.flows.autoregressive import (
     IAF,
     MAF,
-    NICE,
-    NSF,
-    Coupling,
+    ORDERS,
     MonotoneAutoregressive,
-    MonotoneCoupling,
     NSFAutoregressive,
-    RealNVP,
     RecurrentAutoregressive,
 )
+from flowvi.flows.base import Layer, ParametricLayer, TransformerLayer
+from flowvi.flows.coupling import MASKS, NICE, NSF, Coupling, MonotoneCoupling, RealNVP
+from flowvi.flows.elementwise import Affine, LeakyReLU, Sigmoid
+from flowvi.flows.flow import FlowDistribution, NormalizingFlow
+from flowvi.flows.linear import LU, QR, TriangularAffine
+from flowvi.flows.permutation import Permutation, Reverse
+from flowvi.flows.planar import Planar
+from flowvi.flows.preprocessing import LogitPreprocessing, Standardization
+from flowvi.flows.radial import Radial
 from flowvi.flows.residual import Residual
 from flowvi.flows.sylvester import Sylvester, SylvesterH, SylvesterO, SylvesterT
 
-LAYERS: dict[str, type[nn.Module]] = {
+LAYERS: dict[str, type[Layer]] = {
     "planar": Planar,
     "radial": Radial,
     "affine": Affine,
@@ -69,6 +57,17 @@ LAYERS: dict[str, type[nn.Module]] = {
 }
 
 
+# where an option applies, for the message refusing it elsewhere
+_APPLIES = {
+    "mask": "coupling layers",
+    "order": "autoregressive layers",
+    "transformer": "coupling and autoregressive layers",
+    "monotone_hidden": "coupling and autoregressive layers with the monotone transformer",
+    "context_dim": "amortized and conditional layers (planar, radial, affine, linear, "
+    "Sylvester, coupling, autoregressive)",
+}
+
+
 def build(
     flow: str,
     d: int,
@@ -79,12 +78,16 @@ def build(
     mask: str = "half",
     order: str | None = None,
     transformer: str | None = None,
+    monotone_hidden: Sequence[int] | None = None,
+    context_dim: int | None = None,
+    **options: object,
 ) -> NormalizingFlow:
     """Build a flow of ``length`` layers of one family, by name.
 
-    Coupling layers alternate their two parts (A and B of ``mask``) and autoregressive layers,
-    by default, their order (natural, reverse, …) along the stack, so that every coordinate is
-    transformed and conditions the others.
+    The family's :meth:`Layer.stack` makes the layers: coupling layers alternate their two
+    parts (A and B of ``mask``) and autoregressive layers, by default, their order (natural,
+    reverse, …) along the stack, so that every coordinate is transformed and conditions the
+    others.
 
     Args:
         flow: a name in :data:`LAYERS` (``planar``, ``radial``, ``affine``, ``triangular``,
@@ -94,7 +97,7 @@ def build(
         length: number of layers ``K``.
         base: ``standard`` (N(0, I)) or ``diagonal`` (trainable diagonal Gaussian).
         hidden: hidden layer sizes of the networks of coupling, autoregressive and residual
-            layers.
+            layers; families without a network ignore it (so one setting serves every family).
         mask: coupling layers' split, ``half``, ``alternate`` or ``checkerboard`` (a square
             image of ``d`` pixels; build :class:`Coupling` s by hand for other image shapes).
         order: autoregressive layers' order: ``None`` alternates natural and reverse;
@@ -103,41 +106,38 @@ def build(
         transformer: the elementwise map of coupling and autoregressive layers, a name in
             :data:`flowvi.transforms.transformers.TRANSFORMERS` (e.g. ``softplus-affine`` for
             ``realnvp`` or ``maf``); ``None`` keeps each family's own.
+        monotone_hidden: hidden sizes of the monotone transformer's scalar network.
+        context_dim: size of the context of an amortized or conditional flow (``None``: none).
+        options: any other keyword argument of the family's constructor (``coeff`` and
+            ``logdet`` of ``residual``, ``reflections`` of ``qr``, ``m`` of ``sylvester-o``, …).
 
     Raises:
         ValueError: for an unknown name (the message lists the valid ones), or ``d < 1``,
-            ``length < 1``, a bad hidden size, a ``mask`` other than ``half`` for a
-            non-coupling family, an ``order`` for a non-autoregressive one, or a
-            ``transformer`` for a family without one or an unknown transformer.
+            ``length < 1``, a bad hidden size, or an option the family does not take (a
+            ``mask`` other than ``half``, an ``order``, a ``transformer``, a
+            ``context_dim``, …; the message names the option and the family).
     """
     check_choice(flow, LAYERS, "flow")
     check_choice(base, BASES, "base")
     check_dim(d)
     check_dim(length, "flow length K")
     cls = LAYERS[flow]
-    if mask != "half" and not issubclass(cls, Coupling):
-        raise ValueError(f"mask applies to coupling layers only, not to {flow!r}")
-    if order is not None and not issubclass(cls, MAF | IAF):
-        raise ValueError(f"order applies to autoregressive layers only, not to {flow!r}")
-    if transformer is not None and not issubclass(cls, Coupling | MAF | IAF):
-        raise ValueError(
-            f"transformer applies to coupling and autoregressive layers only, not to {flow!r}"
-        )
-    options = {} if transformer is None else {"transformer": transformer}
-    if issubclass(cls, Coupling):
-        layers = [
-            cls(d, hidden=hidden, mask=mask, swap=k % 2 == 1, **options) for k in range(length)
-        ]
-    elif issubclass(cls, MAF | IAF):
-        orders = [order or ("natural", "reverse")[k % 2] for k in range(length)]
-        layers = [cls(d, hidden=hidden, order=o, **options) for o in orders]
-    elif cls is Residual:
-        layers = [cls(d, hidden=hidden) for _ in range(length)]
-    elif hasattr(cls, "alternate"):  # e.g. T-SNF flips its permutation on every other layer
-        layers = [cls(d, **{cls.alternate: k % 2 == 1}) for k in range(length)]
-    else:
-        layers = [cls(d) for _ in range(length)]
-    return NormalizingFlow(BASES[base](d), layers)
+    given = {
+        "mask": mask,
+        "order": order,
+        "transformer": transformer,
+        "monotone_hidden": monotone_hidden,
+        "context_dim": context_dim,
+    }
+    # the defaults (None, and "half", every coupling layer's own) are not passed on
+    options |= {k: v for k, v in given.items() if v is not None and (k, v) != ("mask", "half")}
+    takes = cls.options()
+    for name in options:
+        if name not in takes and name in _APPLIES:
+            raise ValueError(f"{name} applies to {_APPLIES[name]} only, not to {flow!r}")
+    if "hidden" in takes:
+        options["hidden"] = hidden
+    return NormalizingFlow(BASES[base](d), cls.stack(d, length, **options))
 
 
 def describe(flow: NormalizingFlow) -> dict:
@@ -160,11 +160,7 @@ def describe(flow: NormalizingFlow) -> dict:
     for layer in flow.layers:
         if type(layer) not in names:
             raise ValueError(f"cannot describe a flow with a {type(layer).__name__} layer")
-        entry = {
-            "layer": names[type(layer)],
-            "context_dim": getattr(layer, "context_dim", None),
-            **getattr(layer, "spec", {}),
-        }
+        entry = {"layer": names[type(layer)], "context_dim": layer.context_dim, **layer.spec}
         if layers and {k: v for k, v in layers[-1].items() if k != "count"} == entry:
             layers[-1]["count"] += 1
         else:
@@ -188,8 +184,10 @@ __all__ = [
     "LAYERS",
     "LU",
     "MAF",
+    "MASKS",
     "NICE",
     "NSF",
+    "ORDERS",
     "QR",
     "ActNorm",
     "Affine",
@@ -202,6 +200,7 @@ __all__ = [
     "MonotoneCoupling",
     "NSFAutoregressive",
     "NormalizingFlow",
+    "ParametricLayer",
     "Permutation",
     "Planar",
     "Radial",
@@ -215,6 +214,7 @@ __all__ = [
     "SylvesterH",
     "SylvesterO",
     "SylvesterT",
+    "TransformerLayer",
     "TriangularAffine",
     "build",
     "describe",

@@ -5,11 +5,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from flowvi._checks import check_dim
-from flowvi.transforms import AffineTransform
+from flowvi.flows.base import Layer
+from flowvi.transforms.elementwise import ElementwiseAffineTransform
 
 
-class ActNorm(nn.Module):
+class ActNorm(Layer):
     r"""Activation normalization (Kingma & Dhariwal 2018, Glow, Section 3.1).
 
     The map is elementwise affine in flowvi's sampling direction (base ``z`` -> data ``x``),
@@ -57,9 +57,7 @@ class ActNorm(nn.Module):
     """
 
     def __init__(self, d: int, *, context_dim: int | None = None) -> None:
-        super().__init__()
-        check_dim(d)
-        self.d, self.context_dim = d, None
+        super().__init__(d, context_dim=context_dim)
         self.loc = nn.Parameter(torch.zeros(d))
         self.log_scale = nn.Parameter(torch.zeros(d))
         self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
@@ -67,9 +65,9 @@ class ActNorm(nn.Module):
         self._initialized = False
         self.register_load_state_dict_post_hook(_sync_flag)
 
-    def forward(self, context: Tensor | None = None) -> AffineTransform:
+    def forward(self, context: Tensor | None = None) -> ElementwiseAffineTransform:
         if self._initialized:
-            return AffineTransform(self.loc, self.log_scale)
+            return ElementwiseAffineTransform(self.loc, self.log_scale)
         return _InitializingAffine(self)
 
     @torch.no_grad()
@@ -96,7 +94,7 @@ def _sync_flag(module: ActNorm, incompatible_keys: object) -> None:
     module._initialized = bool(module.initialized)
 
 
-class _InitializingAffine(AffineTransform):
+class _InitializingAffine(ElementwiseAffineTransform):
     """The affine map of a not yet initialized :class:`ActNorm`: its first call or inverse
     initializes the layer (in place, on its parameters, which this transform reads)."""
 

@@ -9,8 +9,8 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution, TransformedDistribution, constraints
 
-from flowvi.flows.layer import Layer
-from flowvi.transforms.base import ComposeTransform, Transform
+from flowvi.flows.base import ParametricLayer
+from flowvi.transforms.base import ComposeTransform, Transform, as_transform
 
 _SHAPE = torch.Size()
 SampleShape = int | torch.Size | Sequence[int]
@@ -95,11 +95,12 @@ class FlowDistribution(TransformedDistribution):
     def __init__(
         self,
         base: Distribution,
-        transforms: Sequence[Transform],
+        transforms: Sequence[torch.distributions.Transform],
         *,
         validate_args: bool | None = None,
     ) -> None:
-        super().__init__(base, list(transforms), validate_args=validate_args)
+        transforms = [as_transform(t) for t in transforms]
+        super().__init__(base, transforms, validate_args=validate_args)
         self.flow = ComposeTransform(self.transforms)
 
     def rsample(self, sample_shape: SampleShape = _SHAPE) -> Tensor:
@@ -201,10 +202,11 @@ class FlowDistribution(TransformedDistribution):
 def build_transforms(layers: Sequence[nn.Module], context: Tensor | None = None) -> list[Transform]:
     """The transforms of ``layers``, equal to ``[layer(context) for layer in layers]``.
 
-    Runs of consecutive :class:`Layer` s of one class and shapes (free, or amortized on the same
-    context) are built as one stacked transform and unbound (see :meth:`Transform.unbind`): the
-    per-layer parameter work (the amortized heads, the invertibility constraints) becomes a few
-    vectorized operations instead of a few per layer, which roughly halves the autograd graph of
+    Runs of consecutive :class:`ParametricLayer` s of one class and shapes (free, or amortized on
+    the same context) are built as one stacked transform and unbound (see
+    :meth:`Transform.unbind`): the per-layer parameter work (the amortized heads, the
+    invertibility constraints) becomes a few vectorized operations instead of a few per layer,
+    which roughly halves the autograd graph of
     a long planar flow.
     """
     runs: list[list[nn.Module]] = []  # a loop, not itertools.groupby: torch.compile traces it
@@ -219,13 +221,15 @@ def build_transforms(layers: Sequence[nn.Module], context: Tensor | None = None)
         if len(run) == 1:
             out.extend(layer(context) for layer in run)
             continue
-        out.extend(run[0].transform(**Layer.stacked_raw(run, context)).unbind())
+        out.extend(run[0].transform(**ParametricLayer.stacked_raw(run, context)).unbind())
     return out
 
 
 def _stack_key(layer: nn.Module) -> object:
     """Layers with equal keys can be stacked; ``None`` for those that cannot."""
-    stackable = isinstance(layer, Layer) and type(layer).forward is Layer.forward
+    stackable = (
+        isinstance(layer, ParametricLayer) and type(layer).forward is ParametricLayer.forward
+    )
     if not stackable:
         return None
     return (type(layer), layer.context_dim, tuple(layer.shapes.items()))
@@ -271,8 +275,9 @@ class NormalizingFlow(nn.Module, Distribution):
         base: a module whose call returns the base distribution, e.g.
             :class:`flowvi.distributions.StandardNormal`, event shape ``(d,)``; or a fixed
             torch distribution with event shape ``(d,)`` (which then does not follow ``.to()``).
-        layers: modules whose call returns a :class:`flowvi.transforms.Transform`, applied in
-            order (``layers[0]`` acts on the base sample).
+        layers: :class:`flowvi.flows.Layer` s (or any modules whose call returns a
+            ``torch.distributions.Transform`` of ``event_dim`` 0 or 1), applied in order
+            (``layers[0]`` acts on the base sample).
 
     Example:
         >>> import torch

@@ -8,8 +8,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from flowvi._checks import check_choice, check_dim
-from flowvi.flows.networked import _check_hidden
+from flowvi._checks import check_choice, check_dim, check_hidden
+from flowvi.flows.base import Layer
 from flowvi.transforms.residual import LOGDETS, ResidualTransform
 
 POWER_MAX_ITER = 200  # power iteration steps per call, at most
@@ -54,7 +54,7 @@ def _unit(n: int) -> Tensor:
     return x / torch.linalg.vector_norm(x)
 
 
-class Residual(nn.Module):
+class Residual(Layer):
     r"""Residual flow layer :math:`x = z + g(z)`, :math:`\mathrm{Lip}(g) \le c^L < 1`
     (Behrmann et al. 2019; Chen et al. 2019). See :class:`flowvi.transforms.ResidualTransform`.
 
@@ -111,20 +111,13 @@ class Residual(nn.Module):
         n_probes: int = 1,
         context_dim: int | None = None,
     ) -> None:
-        super().__init__()
-        check_dim(d)
-        if context_dim is not None:
-            raise ValueError(
-                "the residual layer is not amortized: it takes no context_dim "
-                f"(got {context_dim}); use planar, radial, sylvester or iaf layers for that"
-            )
-        hidden = _check_hidden(hidden)
+        super().__init__(d, context_dim=context_dim)
+        hidden = check_hidden(hidden)
         if isinstance(coeff, bool) or not isinstance(coeff, int | float) or not 0 < coeff < 1:
             raise ValueError(f"coeff must be a number in (0, 1), got {coeff!r}")
         check_choice(logdet, LOGDETS, "logdet")
         check_dim(n_terms, "number of series terms")
         check_dim(n_probes, "number of Hutchinson probes")
-        self.d, self.context_dim = d, None
         self.coeff, self.logdet = float(coeff), logdet
         self.n_terms, self.n_probes = n_terms, n_probes
         self.spec = {
@@ -184,6 +177,3 @@ class Residual(nn.Module):
             n_terms=self.n_terms,
             n_probes=self.n_probes,
         )
-
-    def extra_repr(self) -> str:
-        return f"d={self.d}, coeff={self.coeff}, logdet={self.logdet!r}"

@@ -1,10 +1,10 @@
 r"""Parameter modules of the Sylvester flows: orthogonal, Householder and triangular.
 
 The three share the raw parameters of :math:`R, \tilde R, b` and the transform
-(:class:`flowvi.transforms.SylvesterTransform`); they differ only in how ``Q`` is made. Each is a
-:class:`flowvi.flows.Layer`, so ``context_dim=c`` amortizes every parameter, ``Q`` included,
-through a linear head, as in van den Berg et al. 2018 (Section 4), where an encoder emits one
-flow per datapoint.
+(:class:`flowvi.transforms.SylvesterTransform`); they differ only in how ``Q`` is made. Each
+is a :class:`flowvi.flows.ParametricLayer`, so ``context_dim=c`` amortizes every parameter,
+``Q`` included, through a linear head, as in van den Berg et al. 2018 (Section 4), where an
+encoder emits one flow per datapoint.
 
 Raw parameters (shapes without the amortized batch): ``r: (M, M)`` packs both triangular
 matrices, its upper triangle with the diagonal being :math:`R`'s and its strictly lower
@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from flowvi._checks import check_dim
-from flowvi.flows.layer import Layer
+from flowvi.flows.base import ParametricLayer
 from flowvi.transforms.sylvester import (
     SylvesterTransform,
     householder,
@@ -33,7 +33,7 @@ def _sylvester(q: Tensor, r: Tensor, r_tilde_diag: Tensor, b: Tensor) -> Sylvest
     return SylvesterTransform(q, r, r_tilde, b)
 
 
-class Sylvester(Layer):
+class Sylvester(ParametricLayer):
     r"""Base of the Sylvester layers: the raw :math:`R, \tilde R, b` of ``M`` hidden units.
 
     Subclasses add the raw parameters of ``Q`` and a classmethod ``transform(**raw)`` that makes
@@ -55,11 +55,6 @@ class Sylvester(Layer):
         }
         super().__init__(params, d=d, context_dim=context_dim)
         self.m = m
-        self.spec: dict = {}
-
-    def extra_repr(self) -> str:
-        spec = "".join(f", {key}={value}" for key, value in self.spec.items())
-        return super().extra_repr() + spec
 
 
 class SylvesterO(Sylvester):

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from flowvi.transforms.base import Transform
+from flowvi.transforms.transformers import Transformer
 
 
 class AutoregressiveTransform(Transform):
@@ -28,7 +29,9 @@ class AutoregressiveTransform(Transform):
         passes: number of passes the inverse needs (``d``).
     """
 
-    def __init__(self, network: Callable[[Tensor], Tensor], transformer, passes: int) -> None:
+    def __init__(
+        self, network: Callable[[Tensor], Tensor], transformer: Transformer, passes: int
+    ) -> None:
         super().__init__()
         self.network, self.transformer, self.passes = network, transformer, passes
 
@@ -74,7 +77,7 @@ class RecurrentTransform(AutoregressiveTransform):
         network: Callable[[Tensor], Tensor],
         step: Callable[[Tensor, Tensor | None], tuple[Tensor, Tensor]],
         order: Sequence[int],
-        transformer,
+        transformer: Transformer,
     ) -> None:
         super().__init__(network, transformer, len(order))
         self.step, self.order = step, tuple(order)

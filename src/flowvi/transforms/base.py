@@ -4,6 +4,9 @@ Every flow layer is a :class:`Transform`: a ``torch.distributions.Transform`` ov
 (``event_dim = 1``) built from plain tensors (no ``nn.Parameter``), so that it works wherever torch
 expects a transform (``TransformedDistribution``, ``ComposeTransform``) and adds one method,
 :meth:`Transform.call_and_ladj`, that returns the image and its log-determinant in one pass.
+Any other ``torch.distributions.Transform`` of ``event_dim`` 0 or 1 (torch's ``AffineTransform``,
+``ExpTransform``, ...) becomes one by :func:`as_transform`, which a flow applies to its layers'
+transforms.
 """
 
 from __future__ import annotations
@@ -109,16 +112,78 @@ class _Inverse(Transform):
         return f"Inverse({self._forward!r})"
 
 
+class ForeignTransform(Transform):
+    r"""A ``torch.distributions.Transform`` of ``event_dim`` 0 or 1 as a flowvi :class:`Transform`.
+
+    ``call_and_ladj(x)`` is ``(t(x), t.log_abs_det_jacobian(x, t(x)))``, the log-determinant
+    summed over the last dimension when ``t`` is elementwise (``event_dim`` 0), and the inverse
+    is ``t.inv`` with the negated log-determinant at the solution: two calls where flowvi's own
+    transforms make one pass. Made by :func:`as_transform`.
+
+    Args:
+        transform: a bijective ``torch.distributions.Transform``, ``event_dim`` 0 or 1, whose
+            parameters broadcast against ``x: (*batch, d)``.
+
+    Raises:
+        ValueError: if ``transform`` is not bijective or its ``event_dim`` is not 0 or 1.
+    """
+
+    def __init__(self, transform: torch.distributions.Transform) -> None:
+        super().__init__()
+        if not transform.bijective:
+            raise ValueError(f"a flow layer must be a bijection; {transform!r} is not")
+        if transform.event_dim not in (0, 1):
+            raise ValueError(
+                f"a flow layer's transform acts on vectors (event_dim 1) or elementwise "
+                f"(event_dim 0); {transform!r} has event_dim {transform.event_dim}"
+            )
+        self.transform = transform
+
+    def _ladj(self, x: Tensor, y: Tensor) -> Tensor:
+        ladj = self.transform.log_abs_det_jacobian(x, y)
+        if self.transform.event_dim == 0:
+            ladj = torch.broadcast_to(ladj, y.shape).sum(-1)
+        return torch.broadcast_to(ladj, y.shape[:-1])
+
+    def call_and_ladj(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        y = self.transform(x)
+        return y, self._ladj(x, y)
+
+    def _inverse(self, y: Tensor) -> Tensor:
+        return self.transform.inv(y)
+
+    def _inverse_and_ladj(self, y: Tensor) -> tuple[Tensor, Tensor]:
+        x = self.transform.inv(y)
+        return x, -self._ladj(x, y)
+
+    def __repr__(self) -> str:
+        return f"ForeignTransform({self.transform!r})"
+
+
+def as_transform(transform: torch.distributions.Transform) -> Transform:
+    """``transform`` as a flowvi :class:`Transform`: itself if it is one, else wrapped in a
+    :class:`ForeignTransform`.
+
+    Raises:
+        ValueError: for a transform that is not bijective or whose ``event_dim`` is not 0 or 1.
+    """
+    if isinstance(transform, Transform):
+        return transform
+    return ForeignTransform(transform)
+
+
 class ComposeTransform(Transform):
     """The composition ``f_K ∘ … ∘ f_1`` of ``parts = [f_1, …, f_K]``, applied left to right.
+
+    Parts that are not flowvi transforms are wrapped by :func:`as_transform`.
 
     ``ladj`` is the sum of the parts' log-determinants (chain rule); the inverse runs the parts'
     inverses right to left.
     """
 
-    def __init__(self, parts: Sequence[Transform]) -> None:
+    def __init__(self, parts: Sequence[torch.distributions.Transform]) -> None:
         super().__init__()
-        self.parts = list(parts)
+        self.parts = [as_transform(part) for part in parts]
 
     def call_and_ladj(self, x: Tensor) -> tuple[Tensor, Tensor]:
         ladjs = []

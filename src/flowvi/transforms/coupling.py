@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from flowvi.transforms.base import Transform
+from flowvi.transforms.transformers import Transformer
 
 
 class CouplingTransform(Transform):
@@ -39,7 +40,7 @@ class CouplingTransform(Transform):
         index_a: Tensor | slice,
         index_b: Tensor | slice,
         conditioner: Callable[[Tensor], Tensor],
-        transformer,
+        transformer: Transformer,
         order: Tensor | None = None,
     ) -> None:
         super().__init__()

@@ -10,11 +10,13 @@ from torch.distributions import constraints
 from flowvi.transforms.base import Transform
 
 
-class AffineTransform(Transform):
+class ElementwiseAffineTransform(Transform):
     r"""Elementwise affine map :math:`y = \mu + e^{\ell} \odot x`, :math:`\ln|\det J| = \sum\ell_i`.
 
     The log-scale parameterization keeps every scale positive for any raw parameters. This is
-    NICE's diagonal scaling layer (Dinh et al. 2014, Section 3.3) with a shift.
+    NICE's diagonal scaling layer (Dinh et al. 2014, Section 3.3) with a shift. Unlike
+    ``torch.distributions.AffineTransform(loc, scale)`` (``event_dim`` 0, any scale), it takes
+    the log-scale and acts on vectors (``event_dim`` 1).
 
     Args:
         loc: shift :math:`\mu`, shape ``(*p, d)``.
@@ -38,7 +40,7 @@ class AffineTransform(Transform):
         return self._inverse(y), -self._ladj(y)
 
     def __repr__(self) -> str:
-        return f"AffineTransform(d={self.loc.shape[-1]})"
+        return f"ElementwiseAffineTransform(d={self.loc.shape[-1]})"
 
 
 class SigmoidTransform(Transform):

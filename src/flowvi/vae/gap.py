@@ -25,8 +25,8 @@ from tqdm.auto import tqdm
 from flowvi._checks import check_choice, check_dim
 from flowvi.ais import SCHEDULES, AISResult, ais, reverse_ais
 from flowvi.flows import NormalizingFlow
+from flowvi.flows.base import ParametricLayer
 from flowvi.flows.flow import FlowDistribution
-from flowvi.flows.layer import Layer
 from flowvi.io import write_json
 from flowvi.vae.evaluate import mean_and_se
 from flowvi.vae.model import VAE
@@ -150,7 +150,7 @@ class LocalPosterior(nn.Module):
 
     - base: mean and raw scale of :class:`flowvi.vae.GaussianBase` (:math:`\sigma =
       \mathrm{softplus}(s) + 10^{-5}`), ``(n, d)`` each;
-    - amortized :class:`flowvi.flows.Layer` s (planar, radial, Sylvester): their full raw
+    - amortized :class:`flowvi.flows.ParametricLayer` s (planar, radial, Sylvester): their full raw
       parameter sets, ``(n, *shape)``: exactly the family's members;
     - context-reading networks (IAF's MADE): a free context per datapoint and layer,
       ``(n, c)``, through the frozen network: a sub-family, so :math:`\mathcal L[q^*]` is then
@@ -180,7 +180,7 @@ class LocalPosterior(nn.Module):
             self.kinds: list[str] = []
             for layer in posterior.layers:
                 params = nn.ParameterDict()
-                if isinstance(layer, Layer) and layer.context_dim is not None:
+                if isinstance(layer, ParametricLayer) and layer.context_dim is not None:
                     params.update({k: nn.Parameter(v.clone()) for k, v in layer.raw(h).items()})
                     self.kinds.append("raw")
                 elif getattr(layer, "context_dim", None) is not None:

@@ -2,21 +2,22 @@
 
 Placed last in a flow (base → data), they map the space the trained layers work in to data
 units, so that ``log_prob`` of data includes the pre-processing's Jacobian and is reported in
-the data's own units (:mod:`flowvi.data` holds the math).
+the data's own units (:mod:`flowvi.transforms.preprocessing` holds the math).
 """
 
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from flowvi._checks import check_dim
-from flowvi.data import LogitPreprocess, Standardize
+from flowvi.flows.base import Layer
 from flowvi.transforms.base import Transform
+from flowvi.transforms.preprocessing import LogitPreprocessingTransform, StandardizationTransform
 
 
-class Standardization(nn.Module):
-    r"""Data-end layer :math:`x = \mu + \sigma \odot y`: ``Standardize(mean, std).inv``.
+class Standardization(Layer):
+    r"""Data-end layer :math:`x = \mu + \sigma \odot y`:
+    ``StandardizationTransform(mean, std).inv``.
 
     ``log_prob`` of raw data then includes the standardization's Jacobian,
     :math:`\ln p(x) = \ln q(y) - \sum_i \ln \sigma_i`, :math:`y = (x - \mu)/\sigma`. The
@@ -41,30 +42,26 @@ class Standardization(nn.Module):
         std: Tensor | None = None,
         context_dim: int | None = None,
     ) -> None:
-        super().__init__()
-        check_dim(d)
-        self.d, self.context_dim = d, None
+        super().__init__(d, context_dim=context_dim)
         mean = torch.zeros(d) if mean is None else torch.as_tensor(mean)
         if not mean.is_floating_point():
             mean = mean.to(torch.get_default_dtype())
         std = (torch.ones(d) if std is None else torch.as_tensor(std)).to(mean.dtype)
         if mean.shape != (d,):
             raise ValueError(f"mean must have shape ({d},), got {tuple(mean.shape)}")
-        Standardize(mean, std)  # validates
+        StandardizationTransform(mean, std)  # validates
         self.register_buffer("mean", mean.clone())
         self.register_buffer("std", std.clone())
 
     def forward(self, context: Tensor | None = None) -> Transform:
-        return Standardize(self.mean, self.std, validate=False).inv  # checked in __init__
-
-    def extra_repr(self) -> str:
-        return f"d={self.d}"
+        # the statistics were checked in __init__
+        return StandardizationTransform(self.mean, self.std, validate=False).inv
 
 
-class LogitPreprocessing(nn.Module):
+class LogitPreprocessing(Layer):
     r"""Data-end layer mapping the flow's :math:`y \in \mathbb R^D` to dequantized pixels
-    :math:`x = L(\sigma(y) - \alpha)/(1 - 2\alpha)`: ``LogitPreprocess(levels, alpha).inv``
-    (Dinh et al. 2017, Section 4.1).
+    :math:`x = L(\sigma(y) - \alpha)/(1 - 2\alpha)`:
+    ``LogitPreprocessingTransform(levels, alpha).inv`` (Dinh et al. 2017, Section 4.1).
 
     ``log_prob`` of dequantized pixels :math:`x \in [0, L)^D` is then in nats in level units,
     and :func:`flowvi.data.bits_per_dim` of its negative bounds the discrete data's bits/dim.
@@ -84,14 +81,10 @@ class LogitPreprocessing(nn.Module):
     def __init__(
         self, d: int, *, levels: int = 256, alpha: float = 0.05, context_dim: int | None = None
     ) -> None:
-        super().__init__()
-        check_dim(d)
-        LogitPreprocess(levels, alpha)  # validates
-        self.d, self.context_dim, self.levels, self.alpha = d, None, levels, alpha
+        super().__init__(d, context_dim=context_dim)
+        LogitPreprocessingTransform(levels, alpha)  # validates
+        self.levels, self.alpha = levels, alpha
         self.spec = {"levels": levels, "alpha": alpha}
 
     def forward(self, context: Tensor | None = None) -> Transform:
-        return LogitPreprocess(self.levels, self.alpha).inv
-
-    def extra_repr(self) -> str:
-        return f"d={self.d}, levels={self.levels}, alpha={self.alpha}"
+        return LogitPreprocessingTransform(self.levels, self.alpha).inv
