@@ -15,9 +15,9 @@ from flowvi.cli import main
 from flowvi.inference import NormalMean
 from flowvi.inference.cavi import (
     cavi,
-    elbo,
     initial_responsibilities,
     log_predictive,
+    mixture_elbo,
     simulate,
     update_globals,
     update_locals,
@@ -63,17 +63,20 @@ def elbo_by_parts(x, log_resp, means, variances, prior_std):
 def test_elbo_matches_an_independent_construction():
     x = sample(n=50, k=4, d=3).x
     log_resp, means, variances = random_state(50, 4, 3, seed=1)
-    value = elbo(x, means, variances, prior_std=4.0, log_resp=log_resp)
+    value = mixture_elbo(x, means, variances, prior_std=4.0, log_resp=log_resp)
     assert abs(float(value - elbo_by_parts(x, log_resp, means, variances, 4.0))) < 1e-10
 
 
 def test_elbo_with_optimal_locals_is_the_maximum_over_them():
     x = sample(n=60, k=3, d=2).x
     log_resp, means, variances = random_state(60, 3, 2, seed=2)
-    best = elbo(x, means, variances, prior_std=4.0)
+    best = mixture_elbo(x, means, variances, prior_std=4.0)
     explicit = update_locals(x, means, variances)
-    assert abs(float(best - elbo(x, means, variances, prior_std=4.0, log_resp=explicit))) < 1e-9
-    assert float(best) > float(elbo(x, means, variances, prior_std=4.0, log_resp=log_resp))
+    assert (
+        abs(float(best - mixture_elbo(x, means, variances, prior_std=4.0, log_resp=explicit)))
+        < 1e-9
+    )
+    assert float(best) > float(mixture_elbo(x, means, variances, prior_std=4.0, log_resp=log_resp))
 
 
 @pytest.mark.parametrize(("k", "d", "init", "seed"), [(3, 2, "kmeans++", 0), (5, 4, "random", 1)])
@@ -86,19 +89,19 @@ def test_the_elbo_never_decreases(k, d, init, seed):
     assert fit.trace[-1] > fit.trace[0]
     # each half-step of a sweep raises it too (local, then global), from an arbitrary state
     log_resp, means, variances = random_state(len(x), k, d, seed)
-    values = [elbo(x, means, variances, prior_std=2.0, log_resp=log_resp)]
+    values = [mixture_elbo(x, means, variances, prior_std=2.0, log_resp=log_resp)]
     for _ in range(5):
         log_resp = update_locals(x, means, variances)
-        values.append(elbo(x, means, variances, prior_std=2.0, log_resp=log_resp))
+        values.append(mixture_elbo(x, means, variances, prior_std=2.0, log_resp=log_resp))
         means, variances = update_globals(x, log_resp.exp(), prior_std=2.0)
-        values.append(elbo(x, means, variances, prior_std=2.0, log_resp=log_resp))
+        values.append(mixture_elbo(x, means, variances, prior_std=2.0, log_resp=log_resp))
     assert all(b >= a - 1e-10 * abs(a) for a, b in itertools.pairwise(values))
 
 
 def test_the_recorded_trace_is_the_elbo_of_the_returned_state():
     x = sample(n=200).x
     fit = cavi(x, 3, prior_std=4.0, tol=0, max_iter=7)
-    direct = elbo(x, fit.means, fit.variances, prior_std=4.0, log_resp=fit.log_resp)
+    direct = mixture_elbo(x, fit.means, fit.variances, prior_std=4.0, log_resp=fit.log_resp)
     assert abs(float(direct) - fit.elbo) < 1e-9 * abs(fit.elbo)
     assert fit.elbo == float(fit.trace[-1])
 
@@ -142,8 +145,8 @@ def test_means_match_scikit_learn_from_the_same_responsibilities():
     assert (ours.means - means).abs().max() < 1e-6
     assert (ours.variances - variances).abs().max() < 1e-9
     # the same ELBO by one formula (a function of q(μ) alone)
-    mine = elbo(x, ours.means, ours.variances, prior_std=3.0)
-    other = elbo(x, means, variances, prior_std=3.0)
+    mine = mixture_elbo(x, ours.means, ours.variances, prior_std=3.0)
+    other = mixture_elbo(x, means, variances, prior_std=3.0)
     assert abs(float(mine - other)) < 1e-6 * abs(float(mine))
     # and the same responsibilities
     resp = torch.from_numpy(theirs.predict_proba(x.numpy()))

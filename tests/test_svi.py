@@ -7,7 +7,13 @@ import math
 import pytest
 import torch
 
-from flowvi.inference.cavi import cavi, elbo, initial_responsibilities, simulate, update_globals
+from flowvi.inference.cavi import (
+    cavi,
+    initial_responsibilities,
+    mixture_elbo,
+    simulate,
+    update_globals,
+)
 from flowvi.inference.cavi import update_locals as locals_of
 from flowvi.inference.svi import (
     intermediate_params,
@@ -100,7 +106,7 @@ def test_trace_records_steps_examples_and_the_full_data_elbo():
     assert steps[0] == 0 and steps[-1] == 300 and (steps.diff() > 0).all()
     assert torch.equal(examples, steps * 16) and fit.examples == 4800
     assert torch.allclose(rho[1:], (steps[1:] + 2.0) ** -0.8, rtol=1e-14)
-    direct = elbo(x, fit.means, fit.variances, prior_std=5.0)
+    direct = mixture_elbo(x, fit.means, fit.variances, prior_std=5.0)
     assert abs(float(direct) - fit.elbo) < 1e-9 * abs(fit.elbo)
     assert step_size(3, tau=1.0, kappa=0.5 + 0.25) == 4**-0.75
 

@@ -44,7 +44,7 @@ from flowvi._checks import check_choice, check_dim
 from flowvi.evidence import log_mean_exp
 
 LogDensity = Callable[[Tensor], Tensor]
-SCHEDULES = ("linear", "sigmoid")
+ANNEALING_SCHEDULES = ("linear", "sigmoid")
 
 
 def schedule(
@@ -60,7 +60,7 @@ def schedule(
         ValueError: if ``steps`` is not a positive integer, ``kind`` unknown or ``delta <= 0``.
     """
     check_dim(steps, "number of AIS steps T")
-    check_choice(kind, SCHEDULES, "AIS schedule")
+    check_choice(kind, ANNEALING_SCHEDULES, "AIS schedule")
     t = torch.linspace(0.0, 1.0, steps + 1, dtype=dtype)
     if kind == "linear":
         return t

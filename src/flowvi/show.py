@@ -47,7 +47,7 @@ from flowvi.metrics import cell_area, grid
 from flowvi.plot import flow_panels_figure
 
 FAMILIES = ("planar", "radial")
-BASES = ("gaussian", "uniform")
+FIGURE_BASES = ("gaussian", "uniform")
 GAUSS_RADIUS = 4.0
 """The Gaussian panels' box holds the image of the disc of this radius: mass 1 - e^{-8}."""
 Box = tuple[tuple[float, float], tuple[float, float]]
@@ -232,7 +232,7 @@ def base_module(name: str, half_width: float = 1.0) -> nn.Module:
     Raises:
         ValueError: for another ``name``, or ``h`` not positive and finite.
     """
-    check_choice(name, BASES, "base")
+    check_choice(name, FIGURE_BASES, "base")
     if name == "gaussian":
         return StandardNormal(2).double()
     return BoxUniform(2, low=-half_width, high=half_width).double()
@@ -245,7 +245,7 @@ def boundary(name: str, half_width: float = 1.0, n: int = 4000) -> Tensor:
     A flow is a homeomorphism of the plane, so it maps the region onto the region bounded by
     the image of this curve: the image's bounding box is that of the mapped curve.
     """
-    check_choice(name, BASES, "base")
+    check_choice(name, FIGURE_BASES, "base")
     if name == "gaussian":
         angle = torch.linspace(0, 2 * math.pi, n + 1, dtype=torch.float64)[:-1]
         return GAUSS_RADIUS * torch.stack([angle.cos(), angle.sin()], -1)
@@ -314,7 +314,7 @@ def figure1(
     """
     layers = build_layers(params, max(lengths))
     rows = []
-    for base in BASES:
+    for base in FIGURE_BASES:
         curve = boundary(base, half_width)
         for family in FAMILIES:
             flows = [

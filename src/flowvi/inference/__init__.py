@@ -22,10 +22,9 @@ from flowvi.inference.bbvi import (
     elbo_gradient,
     elbo_loss,
     fit_bbvi,
+    guide_elbo,
 )
-from flowvi.inference.bbvi import elbo as guide_elbo
-from flowvi.inference.cavi import CAVIResult, MixtureSample, cavi
-from flowvi.inference.cavi import elbo as mixture_elbo
+from flowvi.inference.cavi import CAVIResult, MixtureSample, cavi, mixture_elbo
 from flowvi.inference.cavi import log_predictive as mixture_log_predictive
 from flowvi.inference.cavi import simulate as simulate_mixture
 from flowvi.inference.conjugate import NormalMean

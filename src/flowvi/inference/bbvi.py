@@ -545,7 +545,9 @@ def fit_bbvi(
 
 
 @torch.no_grad()
-def elbo(guide: nn.Module, log_joint: LogJoint, *, samples: int = 10_000) -> tuple[float, float]:
+def guide_elbo(
+    guide: nn.Module, log_joint: LogJoint, *, samples: int = 10_000
+) -> tuple[float, float]:
     r"""Monte Carlo :math:`\mathcal L = E_q[\ln p(x, z) - \ln q(z)]` and its standard error
     (nats), from ``samples`` draws of the guide."""
     check_dim(samples, "samples")

@@ -148,7 +148,7 @@ def _globals(counts: Tensor, sums: Tensor, prior_var: float) -> tuple[Tensor, Te
 # ----------------------------------------------------------------------------- the ELBO
 
 
-def elbo(
+def mixture_elbo(
     x: Tensor,
     means: Tensor,
     variances: Tensor,

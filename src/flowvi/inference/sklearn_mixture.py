@@ -17,7 +17,7 @@ precisions :math:`\lambda_k` and means :math:`\mu_k \sim \mathcal N(m_0, (\beta_
 With :math:`\nu_0 = \alpha_0 = 10^{14}` the remaining differences are :math:`O(N/10^{14})`, far
 below 1e-6. Its ``means_`` are :math:`m_k` and ``1 / mean_precision_`` are :math:`s_k^2`. Its
 ``lower_bound_`` drops constants (and is a total), so compare fits by
-:func:`flowvi.inference.cavi.elbo` of both.
+:func:`flowvi.inference.cavi.mixture_elbo` of both.
 
 Its stopping rule does not work in this setting: its lower bound then holds terms of order
 :math:`\nu_0 \ln \nu_0 \approx 10^{15}` (the Wishart and Dirichlet normalizers), so it is

@@ -21,7 +21,8 @@ statistics :math:`(\mu_k, -\tfrac12\|\mu_k\|^2)`, with natural parameters
 :math:`\mathbb E_B[\hat\lambda] = ` the CAVI global update, so CAVI's optimum is SVI's fixed
 point in expectation; with :math:`|B| = N` and :math:`\rho = 1` a step *is* a CAVI sweep. The
 ELBO reported along the way is :math:`\max_\varphi \mathcal L(\varphi, q(\mu))` on the full data
-(:func:`flowvi.inference.cavi.elbo` with ``log_resp=None``), a function of the global factors.
+(:func:`flowvi.inference.cavi.mixture_elbo` with ``log_resp=None``), a function of the global
+factors.
 
 References:
     Hoffman, Blei, Wang & Paisley, "Stochastic variational inference", JMLR 14 (2013),
@@ -43,9 +44,9 @@ from flowvi.inference.cavi import (
     _local_step,
     check_data,
     check_prior_std,
-    elbo,
     initial_responsibilities,
     log_predictive,
+    mixture_elbo,
 )
 
 
@@ -213,7 +214,7 @@ def svi(
     means, variances = eta / precision[:, None], 1 / precision
 
     at = _evaluation_steps(steps, evaluations)
-    rows = [(0, 0, math.nan, elbo(x, means, variances, prior_std=prior_std).item())]
+    rows = [(0, 0, math.nan, mixture_elbo(x, means, variances, prior_std=prior_std).item())]
     order, cursor = torch.randperm(n, generator=generator, device=x.device), 0
     for t in range(1, steps + 1):
         if cursor + batch_size > n:  # a new epoch
@@ -228,7 +229,7 @@ def svi(
         precision = torch.lerp(precision, precision_hat, rho)
         means, variances = eta / precision[:, None], 1 / precision
         if t in at:
-            value = elbo(x, means, variances, prior_std=prior_std).item()
+            value = mixture_elbo(x, means, variances, prior_std=prior_std).item()
             rows.append((t, t * batch_size, rho, value))
     return SVIResult(
         means=means,

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from flowvi._checks import check_choice, check_dim
-from flowvi.ais import SCHEDULES, AISResult, ais, reverse_ais
+from flowvi.ais import ANNEALING_SCHEDULES, AISResult, ais, reverse_ais
 from flowvi.flows import NormalizingFlow
 from flowvi.flows.base import ParametricLayer
 from flowvi.flows.flow import FlowDistribution
@@ -371,7 +371,7 @@ class GapSettings:
             check_dim(getattr(self, name), name)
         check_dim(self.elbo_samples, "elbo_samples")
         check_dim(self.batch_size, "batch_size")
-        check_choice(self.kind, SCHEDULES, "AIS schedule")
+        check_choice(self.kind, ANNEALING_SCHEDULES, "AIS schedule")
         for name in ("step_size", "local_lr", "tol"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
