@@ -716,7 +716,7 @@ def markdown(records: list[dict]) -> str:
         groups.setdefault((st["model"], st["guide"], label(st), st["steps"]), []).append(r)
     out = [
         "| model | guide | settings | steps | fits (failed) | ELBO | ± se | PSIS k̂ "
-        "| mean |sd err| | median sd ratio | mean |mean err| | s/fit |",
+        "| mean abs sd err | median sd ratio | mean abs mean err | s/fit |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     order = {m: i for i, m in enumerate(MODELS)}
