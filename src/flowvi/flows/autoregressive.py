@@ -38,12 +38,7 @@ class _MaskedAutoregressive(TransformerLayer):
             and masks are buffers, saved with the weights.
         context_dim: size of a context fed to every first-layer hidden unit of the MADE, or
             ``None``.
-        transformer: the elementwise map, a name in
-            :data:`flowvi.transforms.transformers.TRANSFORMERS` (``additive``, ``affine``,
-            ``softplus-affine``, ``spline``, ``monotone``); ``None`` takes the class's own.
-        monotone_hidden: hidden sizes of the monotone transformer's scalar network (default
-            ``(8,)``, see :class:`~flowvi.transforms.transformers.MonotoneTransformer`);
-            monotone only.
+        transformer, monotone_hidden: the elementwise map (see :class:`TransformerLayer`).
 
     Raises:
         ValueError: for an unknown order or transformer, a list that is not a permutation, a

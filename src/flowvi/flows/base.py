@@ -209,8 +209,17 @@ class ParametricLayer(Layer):
 class TransformerLayer(Layer):
     """Base of the coupling and autoregressive layers: a network of the input (and of the
     context, if ``context_dim`` is set) emits the parameters of an elementwise transformer
-    (:class:`flowvi.transforms.transformers.Transformer`), the class's own
-    ``transformer_name`` or one chosen by name."""
+    (:class:`flowvi.transforms.transformers.Transformer`).
+
+    The transformer is chosen by two constructor arguments of every subclass:
+
+    - ``transformer``: a name in :data:`flowvi.transforms.transformers.TRANSFORMERS`
+      (``additive``, ``affine``, ``softplus-affine``, ``spline``, ``monotone``); ``None``
+      takes the class's own, ``transformer_name``.
+    - ``monotone_hidden``: hidden sizes of the monotone transformer's scalar network (default
+      ``(8,)``, see :class:`~flowvi.transforms.transformers.MonotoneTransformer`); monotone
+      only.
+    """
 
     takes_context = True
     transformer_name: str

@@ -98,12 +98,7 @@ class Coupling(TransformerLayer):
             layer starts at its transformer's zero-parameter point: the identity for additive,
             affine and spline, a contraction by ln 2 for softplus-affine).
         context_dim: size of a context fed to the conditioner, or ``None``.
-        transformer: the elementwise map, a name in
-            :data:`flowvi.transforms.transformers.TRANSFORMERS` (``additive``, ``affine``,
-            ``softplus-affine``, ``spline``, ``monotone``); ``None`` takes the class's own.
-        monotone_hidden: hidden sizes of the monotone transformer's scalar network (default
-            ``(8,)``, see :class:`~flowvi.transforms.transformers.MonotoneTransformer`);
-            monotone only.
+        transformer, monotone_hidden: the elementwise map (see :class:`TransformerLayer`).
 
     Raises:
         ValueError: for ``d < 2``, an unknown mask or transformer, a bad image shape, a bad

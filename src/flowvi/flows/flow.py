@@ -79,7 +79,41 @@ def check_dtype(value: Tensor, dtype: torch.dtype | None, name: str) -> None:
         )
 
 
-class FlowDistribution(TransformedDistribution):
+class _NoClosedForm:
+    """What a flow has no closed form for: each raises ``NotImplementedError`` saying how to
+    estimate it from samples (shared by :class:`FlowDistribution` and :class:`NormalizingFlow`,
+    ahead of ``Distribution`` in their bases)."""
+
+    @property
+    def mean(self) -> Tensor:
+        raise _no_closed_form("mean")
+
+    @property
+    def variance(self) -> Tensor:
+        raise _no_closed_form("variance")
+
+    @property
+    def stddev(self) -> Tensor:
+        raise _no_closed_form("standard deviation")
+
+    @property
+    def mode(self) -> Tensor:
+        raise _no_closed_form("mode")
+
+    def entropy(self) -> Tensor:
+        raise _no_closed_form("entropy")
+
+    def cdf(self, value: Tensor) -> Tensor:
+        raise _no_closed_form("CDF")
+
+    def icdf(self, value: Tensor) -> Tensor:
+        raise _no_closed_form("inverse CDF (icdf)")
+
+    def enumerate_support(self, expand: bool = True) -> Tensor:  # noqa: FBT001, FBT002
+        raise _no_support_to_enumerate()
+
+
+class FlowDistribution(_NoClosedForm, TransformedDistribution):
     r"""The distribution of :math:`x = f_K \circ \dots \circ f_1(z_0)`, :math:`z_0 \sim q_0`.
 
     A ``TransformedDistribution`` whose density uses each layer's ``call_and_ladj`` once:
@@ -170,34 +204,6 @@ class FlowDistribution(TransformedDistribution):
         new._validate_args = self._validate_args
         return new
 
-    @property
-    def mean(self) -> Tensor:
-        raise _no_closed_form("mean")
-
-    @property
-    def variance(self) -> Tensor:
-        raise _no_closed_form("variance")
-
-    @property
-    def stddev(self) -> Tensor:
-        raise _no_closed_form("standard deviation")
-
-    @property
-    def mode(self) -> Tensor:
-        raise _no_closed_form("mode")
-
-    def entropy(self) -> Tensor:
-        raise _no_closed_form("entropy")
-
-    def cdf(self, value: Tensor) -> Tensor:
-        raise _no_closed_form("CDF")
-
-    def icdf(self, value: Tensor) -> Tensor:
-        raise _no_closed_form("inverse CDF (icdf)")
-
-    def enumerate_support(self, expand: bool = True) -> Tensor:  # noqa: FBT001, FBT002
-        raise _no_support_to_enumerate()
-
 
 def build_transforms(layers: Sequence[nn.Module], context: Tensor | None = None) -> list[Transform]:
     """The transforms of ``layers``, equal to ``[layer(context) for layer in layers]``.
@@ -251,7 +257,7 @@ class _Fixed(nn.Module):
         return self.distribution
 
 
-class NormalizingFlow(nn.Module, Distribution):
+class NormalizingFlow(_NoClosedForm, nn.Module, Distribution):
     r"""A normalizing flow: a base distribution module and a list of layer modules.
 
     It is an ``nn.Module`` (its parameters train, it moves with ``.to(device, dtype)``, its
@@ -418,34 +424,6 @@ class NormalizingFlow(nn.Module, Distribution):
             ValueError: if the flow's batch shape does not broadcast to ``batch_shape``.
         """
         return self().expand(batch_shape)
-
-    @property
-    def mean(self) -> Tensor:
-        raise _no_closed_form("mean")
-
-    @property
-    def variance(self) -> Tensor:
-        raise _no_closed_form("variance")
-
-    @property
-    def stddev(self) -> Tensor:
-        raise _no_closed_form("standard deviation")
-
-    @property
-    def mode(self) -> Tensor:
-        raise _no_closed_form("mode")
-
-    def entropy(self) -> Tensor:
-        raise _no_closed_form("entropy")
-
-    def cdf(self, value: Tensor) -> Tensor:
-        raise _no_closed_form("CDF")
-
-    def icdf(self, value: Tensor) -> Tensor:
-        raise _no_closed_form("inverse CDF (icdf)")
-
-    def enumerate_support(self, expand: bool = True) -> Tensor:  # noqa: FBT001, FBT002
-        raise _no_support_to_enumerate()
 
     def __repr__(self) -> str:
         return nn.Module.__repr__(self)
