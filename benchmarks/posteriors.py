@@ -848,6 +848,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.smoke:
         args.seeds, args.steps, args.eval_draws = [0], 20, 1000
+        args.batch_size = args.batch_size or 32
     return args
 
 
