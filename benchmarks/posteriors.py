@@ -447,7 +447,17 @@ def fit_options(s: argparse.Namespace) -> tuple[dict, dict]:
 
 def init_gaussian(guide: torch.nn.Module, scale: float) -> None:
     """Location 0 and scale ``scale`` for the guide's Gaussian part: the affine or triangular
-    layer of a Gaussian guide, else the flow's diagonal base."""
+    layer of a Gaussian guide, else the flow's diagonal base (by
+    ``flowvi.inference.guides.initialize`` where flowvi has it, else by the parameters' names
+    of flowvi at 685760a)."""
+    try:
+        from flowvi.inference.guides import initialize
+    except ImportError:
+        initialize = None
+    if initialize is not None:
+        if not initialize(guide, scale=scale):
+            raise ValueError(f"no Gaussian part to initialize in {type(guide).__name__}")
+        return
     params = dict(guide.named_parameters())
     with torch.no_grad():
         if "layers.0.params.log_scale" in params:  # mean-field
