@@ -33,7 +33,9 @@ class Layer(nn.Module, abc.ABC):
     ``forward(context=None)`` returns the transform. A layer whose transform reads a context
     sets ``takes_context = True`` (others refuse a ``context_dim``); ``alternate`` names a
     boolean argument that :meth:`stack` flips on every other layer. Register the class in
-    :data:`flowvi.flows.LAYERS` to build, describe and rebuild it by name.
+    :data:`flowvi.flows.LAYERS` to build, describe and rebuild it by name. A transform made
+    from raw parameters is shorter still as a :class:`ParametricLayer` (set ``transform``,
+    return the initial raw parameters from ``initial``), which also amortizes it.
 
     Example:
         >>> import math, torch
@@ -136,25 +138,42 @@ class Layer(nn.Module, abc.ABC):
 class ParametricLayer(Layer):
     """An ``nn.Module`` whose call ``layer(context=None)`` returns a :class:`Transform`.
 
-    Subclasses name their transform class and give the initial raw parameters. With
-    ``context_dim=None`` these are free ``nn.Parameter`` s shared by all inputs. With
-    ``context_dim=c`` the layer is *amortized*: a linear head maps a context ``h: (*batch, c)``
-    (a VAE encoder's output, say) to one full set of raw parameters per input, shapes
-    ``(*batch, *shape)``, so that each datapoint gets its own transform (Rezende & Mohamed 2015,
-    Section 4; van den Berg et al. 2018). The head starts with small weights and its bias at the
-    unconditional initial values.
+    Subclasses set :attr:`transform` and implement :meth:`initial`; a subclass with more
+    constructor arguments checks them and passes them on to ``__init__`` as keywords (they
+    become :attr:`spec`, which :meth:`initial` may read). With ``context_dim=None`` the raw
+    parameters are free ``nn.Parameter`` s shared by all inputs. With ``context_dim=c`` the
+    layer is *amortized*: a linear head maps a context ``h: (*batch, c)`` (a VAE encoder's
+    output, say) to one full set of raw parameters per input, shapes ``(*batch, *shape)``, so
+    that each datapoint gets its own transform (Rezende & Mohamed 2015, Section 4; van den Berg
+    et al. 2018). The head starts with small weights and its bias at the unconditional initial
+    values.
 
     Because every raw parameter value gives an invertible transform, no constraint is applied
     here: the transform enforces it.
+
+    Example:
+        >>> import torch
+        >>> from flowvi.flows import ParametricLayer
+        >>> from flowvi.transforms import ElementwiseAffineTransform
+        >>> class Shift(ParametricLayer):
+        ...     transform = ElementwiseAffineTransform
+        ...     def initial(self):
+        ...         return {"loc": torch.zeros(self.d), "log_scale": torch.zeros(self.d)}
+        >>> Shift(3).shapes, Shift(3, context_dim=5)(torch.zeros(7, 5)).loc.shape
+        ({'loc': (3,), 'log_scale': (3,)}, torch.Size([7, 3]))
     """
 
     transform: Callable[..., Transform]
+    """Builds the transform from the raw parameters, passed by name."""
     takes_context = True
 
-    def __init__(
-        self, params: dict[str, Tensor], *, d: int, context_dim: int | None = None
-    ) -> None:
+    def __init__(self, d: int, *, context_dim: int | None = None, **spec: object) -> None:
         super().__init__(d, context_dim=context_dim)
+        unknown = sorted(set(spec) - set(type(self).options()))
+        if unknown:
+            raise TypeError(f"{type(self).__name__} got unexpected keyword arguments {unknown}")
+        self.spec = spec
+        params = self.initial()
         self.shapes = {name: tuple(value.shape) for name, value in params.items()}
         if context_dim is None:
             self.params = nn.ParameterDict({k: nn.Parameter(v) for k, v in params.items()})
@@ -164,6 +183,11 @@ class ParametricLayer(Layer):
         with torch.no_grad():
             self.head.weight.normal_(0.0, 0.01 / math.sqrt(context_dim))
             self.head.bias.copy_(flat)
+
+    @abc.abstractmethod
+    def initial(self) -> dict[str, Tensor]:
+        """The initial raw parameters by name, shapes without the amortized batch (called by
+        ``__init__`` once :attr:`d` and :attr:`spec` are set)."""
 
     def raw(self, context: Tensor | None = None) -> dict[str, Tensor]:
         """The raw parameters, shapes ``shape`` (free) or ``(*batch, *shape)`` (amortized)."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from flowvi._checks import check_dim
 from flowvi.flows.base import Layer, ParametricLayer
 from flowvi.transforms.elementwise import (
     ElementwiseAffineTransform,
@@ -19,11 +18,8 @@ class Affine(ParametricLayer):
 
     transform = ElementwiseAffineTransform
 
-    def __init__(self, d: int, *, context_dim: int | None = None) -> None:
-        check_dim(d)
-        super().__init__(
-            {"loc": torch.zeros(d), "log_scale": torch.zeros(d)}, d=d, context_dim=context_dim
-        )
+    def initial(self) -> dict[str, Tensor]:
+        return {"loc": torch.zeros(self.d), "log_scale": torch.zeros(self.d)}
 
 
 class Sigmoid(Layer):

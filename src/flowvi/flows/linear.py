@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import torch
+from torch import Tensor
 
 from flowvi._checks import check_dim
 from flowvi.flows.base import ParametricLayer
 from flowvi.transforms.linear import LUTransform, QRTransform, TriangularAffineTransform
+
+
+def _triangular(d: int) -> dict[str, Tensor]:
+    """The raw upper triangle, log-diagonal and bias shared by LU and QR: the identity."""
+    return {"upper": torch.zeros(d, d), "log_diag": torch.zeros(d), "bias": torch.zeros(d)}
 
 
 class TriangularAffine(ParametricLayer):
@@ -14,11 +20,8 @@ class TriangularAffine(ParametricLayer):
 
     transform = TriangularAffineTransform
 
-    def __init__(self, d: int, *, context_dim: int | None = None) -> None:
-        check_dim(d)
-        super().__init__(
-            {"loc": torch.zeros(d), "matrix": torch.zeros(d, d)}, d=d, context_dim=context_dim
-        )
+    def initial(self) -> dict[str, Tensor]:
+        return {"loc": torch.zeros(self.d), "matrix": torch.zeros(self.d, self.d)}
 
 
 class LU(ParametricLayer):
@@ -29,18 +32,8 @@ class LU(ParametricLayer):
 
     transform = LUTransform
 
-    def __init__(self, d: int, *, context_dim: int | None = None) -> None:
-        check_dim(d)
-        super().__init__(
-            {
-                "lower": torch.zeros(d, d),
-                "upper": torch.zeros(d, d),
-                "log_diag": torch.zeros(d),
-                "bias": torch.zeros(d),
-            },
-            d=d,
-            context_dim=context_dim,
-        )
+    def initial(self) -> dict[str, Tensor]:
+        return {"lower": torch.zeros(self.d, self.d), **_triangular(self.d)}
 
 
 class QR(ParametricLayer):
@@ -70,14 +63,7 @@ class QR(ParametricLayer):
         check_dim(d)
         reflections = d if reflections is None else reflections
         check_dim(reflections, "number of reflections")
-        super().__init__(
-            {
-                "v": torch.randn(reflections, d),
-                "upper": torch.zeros(d, d),
-                "log_diag": torch.zeros(d),
-                "bias": torch.zeros(d),
-            },
-            d=d,
-            context_dim=context_dim,
-        )
-        self.spec = {"reflections": reflections}
+        super().__init__(d, reflections=reflections, context_dim=context_dim)
+
+    def initial(self) -> dict[str, Tensor]:
+        return {"v": torch.randn(self.spec["reflections"], self.d), **_triangular(self.d)}

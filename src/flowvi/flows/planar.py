@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 
 import torch
+from torch import Tensor
 
-from flowvi._checks import check_dim
 from flowvi.flows.base import ParametricLayer
 from flowvi.transforms.planar import PlanarTransform
 
@@ -24,15 +24,10 @@ class Planar(ParametricLayer):
 
     transform = PlanarTransform
 
-    def __init__(self, d: int, *, context_dim: int | None = None) -> None:
-        check_dim(d)
-        scale = 1 / math.sqrt(d)
-        super().__init__(
-            {
-                "u": torch.randn(d) * scale,
-                "w": torch.randn(d) * scale,
-                "b": torch.zeros(()),
-            },
-            d=d,
-            context_dim=context_dim,
-        )
+    def initial(self) -> dict[str, Tensor]:
+        scale = 1 / math.sqrt(self.d)
+        return {
+            "u": torch.randn(self.d) * scale,
+            "w": torch.randn(self.d) * scale,
+            "b": torch.zeros(()),
+        }

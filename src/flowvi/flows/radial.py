@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import torch
+from torch import Tensor
 
-from flowvi._checks import check_dim
 from flowvi.flows.base import ParametricLayer
 from flowvi.transforms.radial import RadialTransform
 
@@ -21,14 +21,5 @@ class Radial(ParametricLayer):
 
     transform = RadialTransform
 
-    def __init__(self, d: int, *, context_dim: int | None = None) -> None:
-        check_dim(d)
-        super().__init__(
-            {
-                "z0": torch.randn(d),
-                "alpha": torch.zeros(()),
-                "beta": torch.zeros(()),
-            },
-            d=d,
-            context_dim=context_dim,
-        )
+    def initial(self) -> dict[str, Tensor]:
+        return {"z0": torch.randn(self.d), "alpha": torch.zeros(()), "beta": torch.zeros(())}

@@ -36,25 +36,31 @@ def _sylvester(q: Tensor, r: Tensor, r_tilde_diag: Tensor, b: Tensor) -> Sylvest
 class Sylvester(ParametricLayer):
     r"""Base of the Sylvester layers: the raw :math:`R, \tilde R, b` of ``M`` hidden units.
 
-    Subclasses add the raw parameters of ``Q`` and a classmethod ``transform(**raw)`` that makes
-    ``Q``; the ``spec`` dict records their constructor arguments for
-    :func:`flowvi.flows.describe`.
+    Subclasses add the raw parameters of ``Q`` (:meth:`q_initial`) and a classmethod
+    ``transform(**raw)`` that makes ``Q``; their constructor arguments go to ``__init__``, which
+    records them in ``spec`` for :func:`flowvi.flows.describe`.
 
     Starts near the identity: :math:`R` and the off-diagonal of :math:`\tilde R` at
     :math:`\mathcal N(0, 0.1^2)`, :math:`\tilde r_{ii} = \tanh(\mathcal N(0, 1))`, ``b = 0``.
     """
 
-    def __init__(
-        self, q_params: dict[str, Tensor], *, d: int, m: int, context_dim: int | None
-    ) -> None:
-        params = {
-            **q_params,
+    @property
+    def m(self) -> int:
+        """The number of hidden units ``M`` (columns of ``Q``): ``spec["m"]``, else ``d``."""
+        return self.spec.get("m", self.d)
+
+    def q_initial(self) -> dict[str, Tensor]:
+        """The raw parameters of ``Q``, drawn first (none by default)."""
+        return {}
+
+    def initial(self) -> dict[str, Tensor]:
+        m = self.m
+        return {
+            **self.q_initial(),
             "r": 0.1 * torch.randn(m, m),
             "r_tilde_diag": torch.randn(m),
             "b": torch.zeros(m),
         }
-        super().__init__(params, d=d, context_dim=context_dim)
-        self.m = m
 
 
 class SylvesterO(Sylvester):
@@ -78,8 +84,10 @@ class SylvesterO(Sylvester):
         check_dim(m, "number of hidden units M")
         if m > d:
             raise ValueError(f"M must be at most d = {d} (Q has M orthonormal columns), got {m}")
-        super().__init__({"q": torch.randn(d, m)}, d=d, m=m, context_dim=context_dim)
-        self.spec = {"m": m}
+        super().__init__(d, m=m, context_dim=context_dim)
+
+    def q_initial(self) -> dict[str, Tensor]:
+        return {"q": torch.randn(self.d, self.m)}
 
     @classmethod
     def transform(cls, q: Tensor, r: Tensor, r_tilde_diag: Tensor, b: Tensor) -> SylvesterTransform:
@@ -105,8 +113,10 @@ class SylvesterH(Sylvester):
     def __init__(self, d: int, *, reflections: int = 4, context_dim: int | None = None) -> None:
         check_dim(d)
         check_dim(reflections, "number of reflections")
-        super().__init__({"v": torch.randn(reflections, d)}, d=d, m=d, context_dim=context_dim)
-        self.spec = {"reflections": reflections}
+        super().__init__(d, reflections=reflections, context_dim=context_dim)
+
+    def q_initial(self) -> dict[str, Tensor]:
+        return {"v": torch.randn(self.spec["reflections"], self.d)}
 
     @classmethod
     def transform(cls, v: Tensor, r: Tensor, r_tilde_diag: Tensor, b: Tensor) -> SylvesterTransform:
@@ -133,10 +143,9 @@ class SylvesterT(Sylvester):
 
     def __init__(self, d: int, *, flip: bool = False, context_dim: int | None = None) -> None:
         check_dim(d)
-        super().__init__({}, d=d, m=d, context_dim=context_dim)
+        super().__init__(d, flip=bool(flip), context_dim=context_dim)
         eye = torch.eye(d)
         self.register_buffer("q", eye.flip(-1) if flip else eye)
-        self.spec = {"flip": bool(flip)}
 
     @classmethod
     def transform(
