@@ -90,7 +90,7 @@ def _extreme(name, d, value):
         "affine": {"loc": torch.ones(d), "log_scale": torch.full((d,), value / 3)},
         "triangular": {  # L = e^{value/3} (I + strictly lower 0.5): extreme scale, well posed
             "loc": torch.ones(d),
-            "matrix": torch.eye(d) * value / 3 + torch.tril(torch.ones(d, d), -1) * 0.5 * big,
+            "matrix": torch.eye(d) * value / 3 + torch.tril(torch.ones(d, d), -1) * 0.5,
         },
         "lu": {
             "lower": torch.full((d, d), 0.5),
