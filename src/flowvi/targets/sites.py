@@ -94,7 +94,7 @@ def split(sites: Sequence[Site], z: Tensor) -> Iterator[tuple[Site, Tensor]]:
     start = 0
     for site in sites:
         piece = z[..., start : start + site.size]
-        yield site, piece.reshape(*z.shape[:-1], *site.unconstrained_shape)
+        yield site, piece.reshape(tuple(z.shape[:-1]) + site.unconstrained_shape)
         start += site.size
 
 
@@ -123,7 +123,7 @@ def unconstrain(sites: Sequence[Site], values: dict[str, Tensor]) -> Tensor:
                 f"{tuple(value.shape)}"
             )
         lead = tuple(value.shape[: value.dim() - len(site.shape)])
-        pieces.append(site.transform.inv(value).reshape(*lead, site.size))
+        pieces.append(site.transform.inv(value).reshape((*lead, site.size)))
     return torch.cat(pieces, -1)
 
 
