@@ -251,48 +251,6 @@ def train(
             ``resume`` without a checkpoint, or ``compile=True`` without Adam and a
             :class:`flowvi.fused.BatchLoss`.
     """
-    with training_threads(threads):
-        return _train(
-            model,
-            loss_fn,
-            iters=iters,
-            lr=lr,
-            optimizer=optimizer,
-            schedule=schedule,
-            directory=directory,
-            resume=resume,
-            checkpoint_every=checkpoint_every,
-            progress=progress,
-            desc=desc,
-            label=label,
-            early_stopping=early_stopping,
-            save=save,
-            iters_per_epoch=iters_per_epoch,
-            compile=compile,
-            drop=drop,
-        )
-
-
-def _train(
-    model: nn.Module,
-    loss_fn: LossFn,
-    *,
-    iters: int,
-    lr: float,
-    optimizer: str,
-    schedule: str,
-    directory: str | Path | None,
-    resume: bool,
-    checkpoint_every: int,
-    progress: bool,
-    desc: str,
-    label: str,
-    early_stopping: EarlyStopping | None,
-    save: bool,
-    iters_per_epoch: int | None,
-    compile: bool,
-    drop: DropPolicy | None,
-) -> Tensor:
     check_dim(iters, "iters")
     check_dim(checkpoint_every, "checkpoint_every")
     check_choice(schedule, SCHEDULES, "schedule")
@@ -326,7 +284,7 @@ def _train(
     if fused is not None:
         bar.set_postfix_str("compiling (first time, about a minute)", refresh=True)
     skips = 0
-    with _SigintFlag() as sigint:
+    with _SigintFlag() as sigint, training_threads(threads):
         for t in bar:
             if stopped:
                 break
