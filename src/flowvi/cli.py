@@ -654,6 +654,8 @@ def _fit(args: argparse.Namespace) -> int:
         single = len(configs) == 1
         jobs = [(c, root if single else root / run_name(c.target)) for c in configs]
         resume = False
+    if not single and not resume:  # runs/<target> beside a run's own files would mix them
+        run_directory(root)
     for _, directory in jobs:  # every directory checked before any run writes
         run_directory(directory, resume=resume, kind="fit")
     summary = {}

@@ -302,7 +302,7 @@ def batch_bytes(config: DensityConfig, d: int) -> float:
     itemsize = DTYPES[config.dtype].itemsize
     batch = min(config.batch_size, config.n_train) if config.kind == "toy" else config.batch_size
     per_point = d * (config.length + 2) + sum(config.hidden) * config.length
-    return 4.0 * itemsize * batch * per_point
+    return 4.0 * itemsize * batch * per_point + 12.0 * config.iters  # and the loss trace
 
 
 def _dequantize_fixed(x: Tensor, seed: int) -> Tensor:

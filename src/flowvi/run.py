@@ -301,10 +301,12 @@ def run_fit(
 
 def batch_bytes(config: FitConfig, d: int) -> float:
     """A generous estimate of the memory (bytes) of one training step of a fit: the batch's
-    samples through every layer, the layers' hidden activations, and their gradients."""
+    samples through every layer, the layers' hidden activations, and their gradients; and the
+    trace of ``iters`` losses."""
     itemsize = DTYPES[config.dtype].itemsize
     per_sample = d * ((config.length or 1) + 2) + sum(config.hidden) * (config.length or 1)
-    return 4.0 * itemsize * config.batch_size * per_sample
+    trace = 12.0 * config.iters  # the loss (float32) and dropped samples (int64) per iteration
+    return 4.0 * itemsize * config.batch_size * per_sample + trace
 
 
 def has_named_sites(target: targets.Target) -> bool:
