@@ -47,26 +47,25 @@ def _env() -> dict[str, str]:
 
 def _run_killed(argv: list[str], directory: Path, rng: random.Random, *, early: bool) -> None:
     """Start ``flowvi argv`` and SIGKILL it: right after its config.json appears (``early``:
-    before the first checkpoint, as a rule), or at a random time into its training."""
-    config = directory / "config.json"
-    before = config.stat().st_mtime_ns if config.exists() else None
+    before its first checkpoint), or at a random time after its next checkpoint (mid-run)."""
+    config, checkpoint = directory / "config.json", directory / "checkpoint.safetensors"
+
+    def stamp(path: Path) -> int | None:
+        return path.stat().st_mtime_ns if path.exists() else None
+
+    watched = config if early else checkpoint
+    before = stamp(watched)
     process = subprocess.Popen(
         _command(argv), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
         deadline = time.monotonic() + 60
-        if early and before is None:  # wait for the run to be created, then kill at once
-            while not config.exists() and process.poll() is None:
-                if time.monotonic() > deadline:
-                    break
-                time.sleep(0.001)
-        else:
-            while process.poll() is None and time.monotonic() < deadline:
-                ready = config.exists() and config.stat().st_mtime_ns != before
-                if ready or (before is not None and config.exists() and "--iters" not in argv):
-                    break
-                time.sleep(0.005)
-            time.sleep(rng.uniform(0.0, 0.4))
+        while process.poll() is None and time.monotonic() < deadline:
+            if stamp(watched) != before:
+                break
+            time.sleep(0.001)
+        if not early:
+            time.sleep(rng.uniform(0.0, 0.05))
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait()
@@ -120,8 +119,9 @@ def test_killed_runs_resume_bitwise_equal_to_uninterrupted_ones(tmp_path, argv, 
     start = [*argv, "--iters", str(first)]
     _run_killed([*start, "--out", str(killed)], killed, rng, early=True)  # before a checkpoint
     _loads_or_refuses(killed)
-    _run_killed(_resume_or_start(start, killed), killed, rng, early=False)
-    _loads_or_refuses(killed)
+    for _ in range(2):  # twice mid-run
+        _run_killed(_resume_or_start(start, killed), killed, rng, early=False)
+        _loads_or_refuses(killed)
     _run(_resume_or_start(start, killed))
     _same_weights(killed, first_reference)
     more = [argv[0], "--resume", str(killed), "--iters", str(extended), "--quiet"]
@@ -163,8 +163,46 @@ def test_ctrl_c_checkpoints_and_resumes_bitwise(tmp_path, monkeypatch, capsys):
     assert "Traceback" not in err
     assert "interrupted after iteration" in err and f"flowvi fit --resume {cut}" in err
     monkeypatch.setattr("flowvi.run.fit", original)
+    with pytest.warns(UserWarning, match=r"unfinished run: loaded the last checkpoint .*iteration"):
+        assert torch.isfinite(flowvi.load(cut).sample((3,))).all()
     assert main(["fit", "--resume", str(cut), "--quiet"]) == 0
     _same_weights(cut, full)
+
+
+# ----------------------------------------------------------------------------- created, unstarted
+
+
+def test_a_run_stopped_before_its_first_checkpoint_resumes_from_zero(tmp_path, capsys):
+    full, unstarted = tmp_path / "full", tmp_path / "unstarted"
+    argv = [*FIT, "--iters", "60"]
+    assert main([*argv, "--out", str(full)]) == 0
+    unstarted.mkdir()
+    shutil.copy(full / "config.json", unstarted / "config.json")  # as at creation
+    with pytest.raises(RunError, match="has not saved its model yet"):
+        flowvi.load(unstarted)
+    capsys.readouterr()
+    assert main([*argv, "--out", str(unstarted)]) == 2
+    assert f"continue it with --resume {unstarted}" in capsys.readouterr().err
+    assert main(["fit", "--resume", str(unstarted), "--quiet"]) == 0
+    _same_weights(unstarted, full)
+
+
+# ----------------------------------------------------------------------------- load of every kind
+
+
+def test_load_gives_the_model_of_every_kind_of_run(runs):
+    from flowvi.vae.model import VAE
+    from flowvi.vae.pca import NonlinearPCA
+
+    for name in ("fit", "density"):
+        flow = flowvi.load(runs / name)
+        assert isinstance(flow, flowvi.NormalizingFlow) and not flow.training
+    vae = flowvi.load(runs / "vae")
+    assert isinstance(vae, VAE) and not vae.training
+    nlpca = flowvi.load(runs / "nlpca")
+    assert isinstance(nlpca, NonlinearPCA) and not nlpca.training
+    with pytest.raises(RunError, match="no model entry"):
+        flowvi.load(runs / "cavi")
 
 
 # ----------------------------------------------------------------------------- bad inputs
