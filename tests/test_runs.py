@@ -7,14 +7,14 @@ is refused with exit code 2, a message and no traceback, before any run director
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import multiprocessing
 import os
 import random
 import shutil
 import signal
-import subprocess
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -37,17 +37,24 @@ DENSITY += ["--valid-every", "25", "--checkpoint-every", "25", "--quiet"]
 # ----------------------------------------------------------------------------- kill -9
 
 
-def _command(argv: list[str]) -> list[str]:
-    return [sys.executable, "-m", "flowvi", *argv]
+def _child(argv: list[str]) -> None:
+    """A forked ``flowvi argv`` (torch already imported: no start-up cost), silent."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.dup2(devnull, 2)
+    os._exit(main(argv))
 
 
-def _env() -> dict[str, str]:
-    return os.environ | {"OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+def _start(argv: list[str]):
+    process = multiprocessing.get_context("fork").Process(target=_child, args=(argv,))
+    process.start()
+    return process
 
 
 def _run_killed(argv: list[str], directory: Path, rng: random.Random, *, early: bool) -> None:
-    """Start ``flowvi argv`` and SIGKILL it: right after its config.json appears (``early``:
-    before its first checkpoint), or at a random time after its next checkpoint (mid-run)."""
+    """Run ``flowvi argv`` in a child process and SIGKILL it: right after its config.json
+    appears (``early``: before its first checkpoint), or at a random time after its next
+    checkpoint (mid-run)."""
     config, checkpoint = directory / "config.json", directory / "checkpoint.safetensors"
 
     def stamp(path: Path) -> int | None:
@@ -55,25 +62,26 @@ def _run_killed(argv: list[str], directory: Path, rng: random.Random, *, early: 
 
     watched = config if early else checkpoint
     before = stamp(watched)
-    process = subprocess.Popen(
-        _command(argv), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
+    process = _start(argv)
     try:
         deadline = time.monotonic() + 60
-        while process.poll() is None and time.monotonic() < deadline:
+        while process.is_alive() and time.monotonic() < deadline:
             if stamp(watched) != before:
                 break
             time.sleep(0.001)
         if not early:
             time.sleep(rng.uniform(0.0, 0.05))
     finally:
-        process.send_signal(signal.SIGKILL)
-        process.wait()
+        if process.pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(process.pid, signal.SIGKILL)
+        process.join()
 
 
 def _run(argv: list[str]) -> None:
-    result = subprocess.run(_command(argv), env=_env(), capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
+    process = _start(argv)
+    process.join()
+    assert process.exitcode == 0, argv
 
 
 def _loads_or_refuses(directory: Path) -> None:
