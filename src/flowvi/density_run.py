@@ -225,9 +225,18 @@ def run_density(
     per example and per dimension, and bits per dimension for images) and ``density.png``
     (2-D data: data | model density | samples) or ``samples.png`` (images). Returns the metrics.
 
+    ``config.json`` is written once, at creation, with ``"kind": "density"`` and the flow's
+    description (``"model"``); a resume rewrites it (atomically) only to extend ``iters``.
+
     Raises:
-        ValueError: for invalid settings or data (before any training), or when ``directory``
-            already holds a run and ``resume`` is false.
+        ValueError: for invalid settings or data (before any training), a ``directory`` that
+            is a file or lies under one, data or a batch estimated to need more memory than is
+            available, when ``directory`` already holds a run and ``resume`` is false, or on
+            ``resume`` for ``iters`` below the iterations done.
+        flowvi.io.RunError: (a ``ValueError``) on ``resume``, for no run, a run of another
+            command, a damaged ``config.json``, or a checkpoint that is unreadable or does not
+            fit the model. Every check comes before anything on disk changes.
+        flowvi.train.TrainingInterrupted: after Ctrl-C, once the checkpoint is written.
         flowvi.train.NonFiniteLossError: when the loss turns NaN or infinite; the checkpoint
             keeps the last good parameters.
     """

@@ -230,9 +230,21 @@ def run_fit(
     ``summary.json`` and ``posterior.nc`` (arviz InferenceData). Returns the metrics (and,
     for a model, its summary table as ``posterior_table``, for printing).
 
+    ``config.json`` is written once, at creation, with ``"kind": "fit"`` and the flow's
+    :func:`flowvi.flows.describe` (``"model"``), so that :func:`flowvi.load` works from the first
+    checkpoint on; a resume rewrites it (atomically) only to extend ``iters``.
+
     Raises:
-        ValueError: for invalid settings or a target of the wrong dimension (before any work),
-            or when ``directory`` already holds a run and ``resume`` is false.
+        ValueError: for invalid settings or a target of the wrong dimension, a ``directory``
+            that is a file or lies under one, or one batch estimated to need more memory than is
+            available; when ``directory`` already holds a run and ``resume`` is false; on
+            ``resume``, for ``iters`` below the iterations done. All before anything on disk
+            changes.
+        flowvi.io.RunError: (a ``ValueError``) on ``resume``, for a directory that holds no run,
+            a run of another command, a ``config.json`` that is not a JSON object, or a
+            checkpoint that is unreadable (truncated, corrupt) or does not fit the model;
+            before anything on disk changes.
+        flowvi.train.TrainingInterrupted: after Ctrl-C, once the checkpoint is written.
         flowvi.train.NonFiniteLossError: when the samples' log densities are non-finite beyond
             :class:`flowvi.train.DropPolicy`'s limits; the checkpoint keeps the last good
             parameters.

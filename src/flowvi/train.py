@@ -211,7 +211,13 @@ def train(
 
     Every ``checkpoint_every`` iterations, and at the end, the model, optimizer and random
     number generator states and the loss trace go to ``directory/checkpoint.safetensors``,
-    written atomically, so that ``resume=True`` continues exactly where the run stopped.
+    written atomically, so that ``resume=True`` continues exactly where the run stopped (with
+    no checkpoint yet, from iteration 0: a run stopped before its first checkpoint).
+
+    Ctrl-C (SIGINT, in the main thread) stops training at the end of the current step: the
+    checkpoint is written and :class:`TrainingInterrupted` (a ``KeyboardInterrupt``) raised, so
+    that ``resume=True`` continues bitwise as if never stopped. A second Ctrl-C interrupts at
+    once.
 
     With ``early_stopping`` (see :class:`EarlyStopping`), a validation loss is evaluated every
     ``early_stopping.every`` iterations; training may stop before ``iters``, and the model ends
@@ -248,8 +254,10 @@ def train(
             updated by that iteration, and (with a ``directory``) they are saved as the
             checkpoint, so the run keeps its last good state.
         ValueError: for ``iters < 1``, ``checkpoint_every < 1``, a bad optimizer or ``lr``,
-            ``resume`` without a checkpoint, or ``compile=True`` without Adam and a
+            ``resume`` without a ``directory`` or with ``iters`` below the iterations its
+            checkpoint holds, or ``compile=True`` without Adam and a
             :class:`flowvi.fused.BatchLoss`.
+        TrainingInterrupted: after Ctrl-C, once the checkpoint is written.
     """
     check_dim(iters, "iters")
     check_dim(checkpoint_every, "checkpoint_every")

@@ -244,8 +244,15 @@ def run_vae(
     single process's to float rounding (:mod:`flowvi.vae.distributed`); only rank 0 writes,
     and the other ranks return ``{}`` instead of the training summary.
 
+    ``config.json`` records ``"kind": "vae"``; a resume rewrites it (atomically) only to
+    extend ``epochs`` (or switch ``compile``).
+
     Raises:
-        ValueError: for invalid settings or data, or an existing run without ``resume``.
+        ValueError: for invalid settings or data, a model and batch estimated to need more
+            memory than is available, an existing run without ``resume``, or on ``resume``
+            ``epochs`` below the epochs done; :class:`flowvi.io.RunError` on ``resume`` of no
+            run, a run of another command, or a damaged config or checkpoint. Every check
+            comes before anything on disk changes.
         flowvi.train.NonFiniteLossError: naming the epoch and batch of a NaN or infinite loss;
             the checkpoint keeps the last good parameters.
     """
