@@ -239,7 +239,7 @@ def runs(tmp_path_factory):
     names = ["fit", "density", "vae", "nlpca", "cavi"]
     for name, argv in zip(names, made, strict=True):
         if argv[0] == "vae":
-            argv = [*argv, "--batch-size", "400", "--epochs", "1", "--eval-samples", "10"]
+            argv = [*argv, "--batch-size", "400", "--epochs", "2", "--eval-samples", "10"]
         if argv[0] == "fit":
             argv = [*argv, "--samples", "200"]
         assert main([*argv, "--quiet", "--out", str(root / name)]) == 0, name
@@ -309,6 +309,8 @@ CASES: list[tuple] = [
     (["fit", "--resume", "{fit}", "--lr", "0.1"], "only --iters"),
     (["density", "--resume", "{density}", "--flow", "maf"], "only --iters"),
     (["vae", "train", "--resume", "{vae}", "--latent", "3"], "only --epochs"),
+    (["vae", "train", "--resume", "{vae}", "--epochs", "1"], "below the 2 epochs"),
+    (["vae", "train", "--resume", "{nlpca}", "--epochs", "1"], "below the 2 epochs"),
     (["fit", "--resume", "{out}"], "holds no flowvi run"),
     (["density", "--resume", "{out}"], "holds no flowvi run"),
     (["vae", "train", "--resume", "{out}"], "holds no flowvi run"),
