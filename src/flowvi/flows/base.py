@@ -136,7 +136,7 @@ class Layer(nn.Module, abc.ABC):
 
 
 class ParametricLayer(Layer):
-    """An ``nn.Module`` whose call ``layer(context=None)`` returns a :class:`Transform`.
+    """A layer whose transform is a function of declared raw parameters, free or amortized.
 
     Subclasses set :attr:`transform` and implement :meth:`initial`; a subclass with more
     constructor arguments checks them and passes them on to ``__init__`` as keywords (they
