@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import types
+import typing
 from collections.abc import Sequence
-from dataclasses import fields
+from dataclasses import MISSING, fields
 from datetime import datetime
 from pathlib import Path
 
@@ -20,7 +22,6 @@ from flowvi.density_run import (
     run_density,
 )
 from flowvi.flows import LAYERS, MASKS, ORDERS
-from flowvi.inference.cavi import INITS
 from flowvi.inference.cavi_run import CAVIConfig, run_cavi
 from flowvi.inference.estimators import EstimatorsConfig, run_estimators
 from flowvi.io import check_output, run_directory
@@ -35,8 +36,6 @@ from flowvi.vae.run import KLS, VAEConfig, evaluate_vae, posterior_label, run_va
 
 DEFAULTS = FitConfig()
 DENSITY_DEFAULTS = DensityConfig()
-ESTIMATORS_DEFAULTS = EstimatorsConfig()
-CAVI_DEFAULTS = CAVIConfig()
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -47,6 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     fit = commands.add_parser(
         "fit",
+        parents=[_shared()],
         help="fit a flow to an unnormalized density by reverse KL (free energy)",
         description=(
             "Fit a normalizing flow q to p ∝ exp(-U) by minimizing the annealed free energy "
@@ -115,14 +115,21 @@ def _parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="continue the run in DIR from its last checkpoint (--iters may extend it)",
     )
-    fit.add_argument("--quiet", action="store_true", help="no progress bars")
     _threads_option(fit)
+    fit.set_defaults(run=_fit)
     _density_parser(commands)
     _estimators_parser(commands)
     _cavi_parser(commands)
     _vae_parser(commands)
     _show_parser(commands)
     return parser
+
+
+def _shared() -> argparse.ArgumentParser:
+    """The parent parser of the options that every run command shares."""
+    shared = argparse.ArgumentParser(add_help=False)
+    shared.add_argument("--quiet", action="store_true", help="no progress bars")
+    return shared
 
 
 def _threads_option(parser: argparse.ArgumentParser) -> None:
@@ -148,6 +155,40 @@ def _options(parser: argparse.ArgumentParser, defaults: object):
         )
 
     return option
+
+
+def _config_options(parser: argparse.ArgumentParser, config: type) -> None:
+    """One option per field of the configuration dataclass ``config`` that declares its help in
+    ``field(metadata={"help": ...})``: the flag ``--field-name`` (and ``metadata["aliases"]``),
+    the type from the field's annotation (``int``, ``float``, ``str``; ``tuple[int, ...]`` as
+    sizes like ``64,64``; ``bool`` as ``--x/--no-x``), ``metadata["choices"]``, and the field's
+    default shown in the help. Options not given stay absent from the namespace, so that the
+    dataclass's own default applies."""
+    hints = typing.get_type_hints(config)
+    for f in fields(config):
+        if "help" not in f.metadata:
+            continue
+        kind = hints[f.name]
+        if isinstance(kind, types.UnionType):  # X | None
+            kind = next(a for a in typing.get_args(kind) if a is not type(None))
+        kwargs: dict = {}
+        if kind is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif typing.get_origin(kind) is tuple:
+            kwargs["type"] = _sizes
+        elif kind in (int, float):
+            kwargs["type"] = kind
+        if "choices" in f.metadata:
+            kwargs["choices"] = list(f.metadata["choices"])
+        default = f.default if f.default is not MISSING else f.default_factory()
+        parser.add_argument(
+            "--" + f.name.replace("_", "-"),
+            *f.metadata.get("aliases", ()),
+            dest=f.name,
+            default=argparse.SUPPRESS,
+            help=f"{f.metadata['help']} (default: {default})",
+            **kwargs,
+        )
 
 
 def _flow_options(option) -> None:
@@ -187,6 +228,7 @@ def _flow_options(option) -> None:
 def _density_parser(commands) -> None:
     density = commands.add_parser(
         "density",
+        parents=[_shared()],
         help="fit a flow to data by maximum likelihood (density estimation)",
         description=(
             "Fit a normalizing flow to data by maximum likelihood with minibatches, a validation "
@@ -230,8 +272,8 @@ def _density_parser(commands) -> None:
         metavar="DIR",
         help="continue the run in DIR from its last checkpoint (--iters may extend it)",
     )
-    density.add_argument("--quiet", action="store_true", help="no progress bars")
     _threads_option(density)
+    density.set_defaults(run=_density)
 
 
 def _estimators_parser(commands) -> None:
@@ -248,12 +290,8 @@ def _estimators_parser(commands) -> None:
             "estimators.csv."
         ),
     )
-    option = _options(estimators, ESTIMATORS_DEFAULTS)
-    option("--samples", type=_sizes, help="sample sizes S, e.g. 4,16,64 (each >= 3)")
-    option("--repeats", type=int, help="independent estimates per S")
-    option("--mu", type=float, help="μ of the X² exercise")
-    option("--fit-iters", type=int, help="iterations fitting the eight-schools guide first")
-    option("--seed", type=int, help="random seed")
+    _config_options(estimators, EstimatorsConfig)
+    estimators.set_defaults(run=_estimators)
     estimators.add_argument(
         "--out", type=Path, default=None, help="directory (default: runs/estimators-<date>-<time>)"
     )
@@ -281,6 +319,7 @@ def _estimators(args: argparse.Namespace) -> int:
 def _cavi_parser(commands) -> None:
     cavi = commands.add_parser(
         "cavi",
+        parents=[_shared()],
         help="CAVI or SVI for a Bayesian mixture of unit-variance Gaussians (Blei et al. 2017)",
         description=(
             "Coordinate-ascent variational inference for the Bayesian mixture of K "
@@ -293,33 +332,11 @@ def _cavi_parser(commands) -> None:
             "minibatches, for data too large for full passes."
         ),
     )
-    option = _options(cavi, CAVI_DEFAULTS)
-    option(
-        "--data",
-        help="a .npy or .csv table, one point per row, in units where the components have "
-        "unit variance (none: simulated data)",
-    )
-    option("--method", help="cavi (full passes) or svi (natural-gradient minibatch steps)")
-    option("--k", "-K", type=int, help="number of components K")
-    option("--prior-std", type=float, help="prior standard deviation σ of the component means")
-    option("--init", help=f"initialization: {', '.join(INITS)}")
-    option("--restarts", type=int, help="random initializations; the best ELBO is kept")
-    option("--tol", type=float, help="relative ELBO change at which a restart has converged")
-    option("--max-iter", type=int, help="maximum iterations per restart")
-    option("--n", type=int, help="simulated training points")
-    option("--n-test", type=int, help="simulated held-out points")
-    option("--dim", type=int, help="dimension of simulated data")
-    option("--batch-size", type=int, help="SVI: minibatch size |B|")
-    option("--steps", type=int, help="SVI: natural-gradient steps per restart")
-    option("--tau", type=float, help="SVI: delay τ of the step sizes ρ_t = (t + τ)^-κ")
-    option("--kappa", type=float, help="SVI: forgetting rate κ in (0.5, 1]")
-    option("--test-fraction", type=float, help="held-out share of a --data file")
-    option("--seed", type=int, help="random seed (data split or simulation, initializations)")
-    option("--device", help="cpu, cuda, cuda:N or auto")
+    _config_options(cavi, CAVIConfig)
+    cavi.set_defaults(run=_cavi)
     cavi.add_argument(
         "--out", type=Path, default=None, help="run directory (default: runs/cavi-<date>-<time>)"
     )
-    cavi.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def _cavi(args: argparse.Namespace) -> int:
@@ -351,8 +368,10 @@ def _vae_parser(commands) -> None:
         "grey levels with --likelihood continuous-bernoulli or gaussian).",
     )
     actions = vae.add_subparsers(dest="action", required=True)
+    vae.set_defaults(run=_vae)
     train = actions.add_parser(
         "train",
+        parents=[_shared()],
         help="train a VAE by maximizing the ELBO (or IWAE bound)",
         description=(
             "Train a VAE with a Bernoulli MLP decoder and an amortized posterior: a Gaussian "
@@ -430,14 +449,25 @@ def _vae_parser(commands) -> None:
         metavar="DIR",
         help="continue the run in DIR from its last checkpoint (--epochs may extend it)",
     )
-    train.add_argument("--quiet", action="store_true", help="no progress bars")
     evaluate = actions.add_parser(
         "eval",
+        parents=[_shared()],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         help="test -ELBO and -ln p(x) (importance sampling) of a trained run -> metrics.json",
     )
     evaluate.add_argument("directory", type=Path, help="a flowvi vae train run directory")
-    evaluate.add_argument("--samples", type=int, default=None, help="importance samples k")
-    evaluate.add_argument("--chunk", type=int, default=None, help="samples drawn at a time")
+    evaluate.add_argument(
+        "--samples",
+        type=int,
+        default=None,
+        help="importance samples k (None: the run's --eval-samples)",
+    )
+    evaluate.add_argument(
+        "--chunk",
+        type=int,
+        default=None,
+        help="samples drawn at a time (None: the run's eval_chunk)",
+    )
     evaluate.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     evaluate.add_argument("--seed", type=int, default=0, help="random seed")
     evaluate.add_argument(
@@ -448,7 +478,6 @@ def _vae_parser(commands) -> None:
         metavar="DIR",
         help="other 2-D latent runs (same data) drawn beside this one in posterior2d.png",
     )
-    evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
     _vae_gap_parser(actions)
 
 
@@ -458,6 +487,8 @@ def _vae_gap_parser(actions) -> None:
     d = GapSettings()
     gap = actions.add_parser(
         "gap",
+        parents=[_shared()],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         help="inference gap: ln p(x) by AIS, L[q*], L[q], approximation and amortization gaps",
         description=(
             "Cremer, Li & Duvenaud (2018): on the first --n test images, ln p(x) by AIS (HMC, "
@@ -478,7 +509,6 @@ def _vae_gap_parser(actions) -> None:
     gap.add_argument("--elbo-samples", type=int, default=d.elbo_samples, help="draws per ELBO")
     gap.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     gap.add_argument("--seed", type=int, default=0, help="random seed")
-    gap.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def _vae(args: argparse.Namespace) -> int:
@@ -570,16 +600,8 @@ def _show_parser(commands) -> None:
             "panel's grid integral, 1 for a correct density)."
         ),
     )
-    option = _options(show, ShowConfig())
-    option("--lengths", type=_sizes, help="flow lengths K of the columns, e.g. 1,2,10")
-    option("--seed", type=int, help="seed of the random layer parameters")
-    option(
-        "--params",
-        help="JSON file of layer parameters, e.g. a figure1.json "
-        '({"planar": [{"u", "w", "b"}, ...], "radial": [{"z0", "alpha", "beta"}, ...]})',
-    )
-    option("--half-width", type=float, help="the uniform base is on [-h, h]²")
-    option("--resolution", type=int, help="grid points per side of each panel")
+    _config_options(show, ShowConfig)
+    show.set_defaults(run=_show)
     show.add_argument(
         "--out", type=Path, default=None, help="directory (default: runs/show-<date>-<time>)"
     )
@@ -687,15 +709,7 @@ def _line(metrics: dict) -> str:
 
 
 def _command(args: argparse.Namespace) -> int:
-    if args.command == "estimators":
-        return _estimators(args)
-    if args.command == "vae":
-        return _vae(args)
-    if args.command == "cavi":
-        return _cavi(args)
-    if args.command == "show":
-        return _show(args)
-    return _density(args) if args.command == "density" else _fit(args)
+    return args.run(args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

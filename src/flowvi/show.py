@@ -33,7 +33,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -62,11 +62,19 @@ class ShowConfig:
     ``resolution``: grid points per side of each panel.
     """
 
-    lengths: tuple[int, ...] = (1, 2, 10)
-    seed: int = 0
-    params: str | None = None
-    half_width: float = 1.0
-    resolution: int = 300
+    lengths: tuple[int, ...] = field(
+        default=(1, 2, 10), metadata={"help": "flow lengths K of the columns, e.g. 1,2,10"}
+    )
+    seed: int = field(default=0, metadata={"help": "seed of the random layer parameters"})
+    params: str | None = field(
+        default=None,
+        metadata={
+            "help": "JSON file of layer parameters, e.g. a figure1.json "
+            '({"planar": [{"u", "w", "b"}, ...], "radial": [{"z0", "alpha", "beta"}, ...]})'
+        },
+    )
+    half_width: float = field(default=1.0, metadata={"help": "the uniform base is on [-h, h]²"})
+    resolution: int = field(default=300, metadata={"help": "grid points per side of each panel"})
 
     def validate(self) -> None:
         """Raises ``ValueError`` for an empty or non-positive ``lengths``, a non-positive

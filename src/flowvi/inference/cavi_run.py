@@ -6,7 +6,7 @@ import csv
 import io as _io
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,24 +39,46 @@ class CAVIConfig:
     final ELBO of ``restarts`` initializations (SVI restart r uses seed ``seed + r``).
     """
 
-    data: str | None = None
-    method: str = "cavi"
-    k: int = 5
-    prior_std: float = 5.0
-    init: str = "kmeans++"
-    restarts: int = 10
-    tol: float = 1e-8
-    max_iter: int = 1000
-    n: int = 1000
-    n_test: int = 1000
-    dim: int = 2
-    batch_size: int = 100
-    steps: int = 2000
-    tau: float = 1.0
-    kappa: float = 0.7
-    test_fraction: float = 0.2
-    seed: int = 0
-    device: str = "cpu"
+    data: str | None = field(
+        default=None,
+        metadata={
+            "help": "a .npy or .csv table, one point per row, in units where the components "
+            "have unit variance (none: simulated data)"
+        },
+    )
+    method: str = field(
+        default="cavi",
+        metadata={
+            "help": "cavi (full passes) or svi (natural-gradient minibatch steps)",
+            "choices": METHODS,
+        },
+    )
+    k: int = field(default=5, metadata={"help": "number of components K", "aliases": ("-K",)})
+    prior_std: float = field(
+        default=5.0, metadata={"help": "prior standard deviation σ of the component means"}
+    )
+    init: str = field(default="kmeans++", metadata={"help": "initialization", "choices": INITS})
+    restarts: int = field(
+        default=10, metadata={"help": "random initializations; the best ELBO is kept"}
+    )
+    tol: float = field(
+        default=1e-8, metadata={"help": "relative ELBO change at which a restart has converged"}
+    )
+    max_iter: int = field(default=1000, metadata={"help": "maximum iterations per restart"})
+    n: int = field(default=1000, metadata={"help": "simulated training points"})
+    n_test: int = field(default=1000, metadata={"help": "simulated held-out points"})
+    dim: int = field(default=2, metadata={"help": "dimension of simulated data"})
+    batch_size: int = field(default=100, metadata={"help": "SVI: minibatch size |B|"})
+    steps: int = field(default=2000, metadata={"help": "SVI: natural-gradient steps per restart"})
+    tau: float = field(
+        default=1.0, metadata={"help": "SVI: delay τ of the step sizes ρ_t = (t + τ)^-κ"}
+    )
+    kappa: float = field(default=0.7, metadata={"help": "SVI: forgetting rate κ in (0.5, 1]"})
+    test_fraction: float = field(default=0.2, metadata={"help": "held-out share of a --data file"})
+    seed: int = field(
+        default=0, metadata={"help": "random seed (data split or simulation, initializations)"}
+    )
+    device: str = field(default="cpu", metadata={"help": "cpu, cuda, cuda:N or auto"})
 
     def validate(self) -> None:
         """Refuse impossible settings before any work starts.

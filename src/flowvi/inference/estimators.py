@@ -32,7 +32,7 @@ import io
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -65,11 +65,16 @@ COLUMNS = (
 class EstimatorsConfig:
     """Settings of ``flowvi estimators``; saved in ``estimators.json``."""
 
-    samples: tuple[int, ...] = (4, 16, 64, 256, 1024)
-    repeats: int = 1000
-    mu: float = 1.0
-    fit_iters: int = 1500
-    seed: int = 0
+    samples: tuple[int, ...] = field(
+        default=(4, 16, 64, 256, 1024),
+        metadata={"help": "sample sizes S, e.g. 4,16,64 (each >= 3)"},
+    )
+    repeats: int = field(default=1000, metadata={"help": "independent estimates per S"})
+    mu: float = field(default=1.0, metadata={"help": "μ of the X² exercise"})
+    fit_iters: int = field(
+        default=1500, metadata={"help": "iterations fitting the eight-schools guide first"}
+    )
+    seed: int = field(default=0, metadata={"help": "random seed"})
 
     def validate(self) -> None:
         """Raises ``ValueError`` for sample sizes below 3 (the leave-one-out control variate
