@@ -13,15 +13,11 @@ from datetime import datetime
 from pathlib import Path
 
 from flowvi import __version__
-from flowvi.data import TOYS
 from flowvi.density_run import (
-    FASHION_MNIST,
-    IMAGES,
     DensityConfig,
     resume_density_config,
     run_density,
 )
-from flowvi.flows import LAYERS, MASKS, ORDERS
 from flowvi.inference.cavi_run import CAVIConfig, run_cavi
 from flowvi.inference.estimators import EstimatorsConfig, run_estimators
 from flowvi.io import check_output, run_directory
@@ -31,11 +27,7 @@ from flowvi.show import ShowConfig, run_show
 from flowvi.targets import ENERGIES, NAMES
 from flowvi.threads import set_num_threads, training_threads
 from flowvi.train import NonFiniteLossError, TrainingInterrupted
-from flowvi.transforms.transformers import TRANSFORMERS
 from flowvi.vae.run import KLS, VAEConfig, evaluate_vae, posterior_label, run_vae, vae_config
-
-DEFAULTS = FitConfig()
-DENSITY_DEFAULTS = DensityConfig()
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -62,41 +54,7 @@ def _parser() -> argparse.ArgumentParser:
         "(default: U1 U2 U3 U4)",
     )
 
-    option = _options(fit, DEFAULTS)
-    option(
-        "--model",
-        dest="pyro_model",
-        help="a Pyro model, file.py:name or module:name, fitted in its unconstrained space "
-        "(needs pip install 'flowvi[pyro]'); replaces --target",
-    )
-    option(
-        "--data",
-        help="the model's keyword arguments: a .csv with a header (one array per column), "
-        "or a .npz / .pt of named arrays",
-    )
-    option("--dim", type=int, help="dimension of a user target")
-    _flow_options(option)
-    option(
-        "--init-scale",
-        type=float,
-        help="initial sd of the guide around the model's initial point (not for U1-U4/toys)",
-    )
-    option("--iters", type=int, help="training iterations")
-    option("--batch-size", type=int, help="samples per iteration")
-    option("--lr", type=float, help="learning rate")
-    option("--optimizer", help="adam or rmsprop")
-    option("--beta0", type=float, help="initial inverse temperature β_0 of Eq. 20")
-    option(
-        "--anneal",
-        type=float,
-        help="share of --iters over which β rises from β_0 to 1, in [0, 1) (None: 0.5 for "
-        "U1-U4 and the 2-D toys, the paper's protocol; 0, no annealing, for posteriors)",
-    )
-    option("--seed", type=int, help="random seed")
-    option("--device", help="cpu, cuda, cuda:N or auto")
-    option("--dtype", help="float32 or float64")
-    option("--checkpoint-every", type=int, help="iterations between checkpoints")
-    option("--samples", type=int, help="Monte Carlo samples for the final metrics")
+    _config_options(fit, FitConfig)
     fit.add_argument(
         "--no-confine",
         dest="confine",
@@ -159,7 +117,8 @@ def _options(parser: argparse.ArgumentParser, defaults: object):
 
 def _config_options(parser: argparse.ArgumentParser, config: type) -> None:
     """One option per field of the configuration dataclass ``config`` that declares its help in
-    ``field(metadata={"help": ...})``: the flag ``--field-name`` (and ``metadata["aliases"]``),
+    ``field(metadata={"help": ...})``: the flag ``--field-name`` (or ``metadata["flag"]``, and
+    ``metadata["aliases"]``),
     the type from the field's annotation (``int``, ``float``, ``str``; ``tuple[int, ...]`` as
     sizes like ``64,64``; ``bool`` as ``--x/--no-x``), ``metadata["choices"]``, and the field's
     default shown in the help. Options not given stay absent from the namespace, so that the
@@ -180,49 +139,17 @@ def _config_options(parser: argparse.ArgumentParser, config: type) -> None:
             kwargs["type"] = kind
         if "choices" in f.metadata:
             kwargs["choices"] = list(f.metadata["choices"])
+        if "flag" in f.metadata and kind is not bool:  # --model, not PYRO_MODEL
+            kwargs["metavar"] = f.metadata["flag"].lstrip("-").upper().replace("-", "_")
         default = f.default if f.default is not MISSING else f.default_factory()
         parser.add_argument(
-            "--" + f.name.replace("_", "-"),
+            f.metadata.get("flag", "--" + f.name.replace("_", "-")),
             *f.metadata.get("aliases", ()),
             dest=f.name,
             default=argparse.SUPPRESS,
             help=f"{f.metadata['help']} (default: {default})",
             **kwargs,
         )
-
-
-def _flow_options(option) -> None:
-    """The flow's options, shared by ``flowvi fit`` and ``flowvi density``."""
-    option(
-        "--compile",
-        action=argparse.BooleanOptionalAction,
-        help="run each training step as one compiled graph (Adam only; steps several times "
-        "faster after a compile of tens of seconds to minutes: for long or repeated runs)",
-    )
-    option(
-        "--flow",
-        help=f"layer family: {', '.join(LAYERS)} (fit's None: planar for U1-U4 and the 2-D "
-        "toys, iaf for posteriors)",
-    )
-    option("--length", "-K", type=int, help="flow length K (fit's None: 32 planar, 4 iaf)")
-    option("--hidden", type=_sizes, help="hidden sizes of coupling/MADE networks, e.g. 64,64")
-    option("--mask", choices=list(MASKS), help="coupling split (checkerboard: square images)")
-    option(
-        "--order",
-        choices=list(ORDERS),
-        help="autoregressive order of every layer (None: natural and reverse alternate)",
-    )
-    option(
-        "--transformer",
-        choices=list(TRANSFORMERS),
-        help="elementwise map of coupling/autoregressive layers (None: the family's own)",
-    )
-    option(
-        "--base",
-        choices=["standard", "diagonal"],
-        help="base distribution: standard N(0, I) or a trainable diagonal Gaussian (fit's "
-        "None: standard for U1-U4 and the toys, diagonal for posteriors)",
-    )
 
 
 def _density_parser(commands) -> None:
@@ -237,31 +164,7 @@ def _density_parser(commands) -> None:
             "a 5-layer neural spline flow on two moons."
         ),
     )
-    option = _options(density, DENSITY_DEFAULTS)
-    option(
-        "--data",
-        help=f"a toy set ({', '.join(TOYS)}), an image set ({', '.join(IMAGES)}), "
-        "or a .npy/.csv file of numeric columns",
-    )
-    option("--data-dir", help=f"directory of IDX files for fashion-mnist/mnist ({FASHION_MNIST})")
-    _flow_options(option)
-    option("--n-train", type=int, help="training points drawn from a toy set")
-    option("--n-valid", type=int, help="validation points drawn from a toy set")
-    option("--n-test", type=int, help="test points drawn from a toy set")
-    option("--valid-fraction", type=float, help="validation share of a file or image set")
-    option("--test-fraction", type=float, help="test share of a file or of digits")
-    option("--alpha", type=float, help="logit pre-processing margin α for images")
-    option("--iters", type=int, help="maximum training iterations")
-    option("--batch-size", type=int, help="data points per iteration")
-    option("--lr", type=float, help="learning rate")
-    option("--optimizer", help="adam or rmsprop")
-    option("--schedule", help="learning rate: cosine (decays to 0 at --iters) or constant")
-    option("--valid-every", type=int, help="iterations between validation evaluations")
-    option("--patience", type=int, help="evaluations without improvement before stopping")
-    option("--seed", type=int, help="random seed")
-    option("--device", help="cpu, cuda, cuda:N or auto")
-    option("--dtype", help="float32 or float64")
-    option("--checkpoint-every", type=int, help="iterations between checkpoints")
+    _config_options(density, DensityConfig)
     density.add_argument(
         "--out", type=Path, default=None, help="run directory (default: runs/density-<date>-<time>)"
     )

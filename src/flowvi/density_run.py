@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io as _io
 import math
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +44,7 @@ from flowvi.io import (
     write_json,
 )
 from flowvi.plot import density_figure, image_grid
-from flowvi.run import DTYPES, build_flow, resolve_device
+from flowvi.run import DTYPES, FLOW_OPTIONS, build_flow, resolve_device
 from flowvi.train import SCHEDULES, check_compile, make_optimizer
 from flowvi.transforms.transformers import TRANSFORMERS
 
@@ -60,33 +60,55 @@ class DensityConfig:
     ``fashion-mnist``, ``mnist``) or the path of a ``.npy`` / ``.csv`` file.
     """
 
-    data: str = "moons"
-    data_dir: str | None = None
-    flow: str = "nsf"
-    length: int = 5
-    base: str = "standard"
-    hidden: tuple[int, ...] = (64, 64)
-    mask: str = "half"
-    order: str | None = None
-    transformer: str | None = None
-    n_train: int = 20_000
-    n_valid: int = 2_000
-    n_test: int = 5_000
-    valid_fraction: float = 0.1
-    test_fraction: float = 0.2
-    alpha: float = 0.05
-    iters: int = 5_000
-    batch_size: int = 256
-    lr: float = 1e-3
-    optimizer: str = "adam"
-    schedule: str = "cosine"
-    valid_every: int = 100
-    patience: int = 20
-    seed: int = 0
-    device: str = "cpu"
-    dtype: str = "float32"
-    checkpoint_every: int = 1_000
-    compile: bool = False
+    data: str = field(
+        default="moons",
+        metadata={
+            "help": f"a toy set ({', '.join(data.TOYS)}), an image set ({', '.join(IMAGES)}), "
+            "or a .npy/.csv file of numeric columns"
+        },
+    )
+    data_dir: str | None = field(
+        default=None,
+        metadata={"help": f"directory of IDX files for fashion-mnist/mnist ({FASHION_MNIST})"},
+    )
+    flow: str = field(default="nsf", metadata=FLOW_OPTIONS["flow"])
+    length: int = field(default=5, metadata=FLOW_OPTIONS["length"])
+    base: str = field(default="standard", metadata=FLOW_OPTIONS["base"])
+    hidden: tuple[int, ...] = field(default=(64, 64), metadata=FLOW_OPTIONS["hidden"])
+    mask: str = field(default="half", metadata=FLOW_OPTIONS["mask"])
+    order: str | None = field(default=None, metadata=FLOW_OPTIONS["order"])
+    transformer: str | None = field(default=None, metadata=FLOW_OPTIONS["transformer"])
+    n_train: int = field(default=20_000, metadata={"help": "training points drawn from a toy set"})
+    n_valid: int = field(default=2_000, metadata={"help": "validation points drawn from a toy set"})
+    n_test: int = field(default=5_000, metadata={"help": "test points drawn from a toy set"})
+    valid_fraction: float = field(
+        default=0.1, metadata={"help": "validation share of a file or image set"}
+    )
+    test_fraction: float = field(
+        default=0.2, metadata={"help": "test share of a file or of digits"}
+    )
+    alpha: float = field(
+        default=0.05, metadata={"help": "logit pre-processing margin α for images"}
+    )
+    iters: int = field(default=5_000, metadata={"help": "maximum training iterations"})
+    batch_size: int = field(default=256, metadata={"help": "data points per iteration"})
+    lr: float = field(default=1e-3, metadata=FLOW_OPTIONS["lr"])
+    optimizer: str = field(default="adam", metadata=FLOW_OPTIONS["optimizer"])
+    schedule: str = field(
+        default="cosine",
+        metadata={"help": "learning rate: cosine (decays to 0 at --iters) or constant"},
+    )
+    valid_every: int = field(
+        default=100, metadata={"help": "iterations between validation evaluations"}
+    )
+    patience: int = field(
+        default=20, metadata={"help": "evaluations without improvement before stopping"}
+    )
+    seed: int = field(default=0, metadata=FLOW_OPTIONS["seed"])
+    device: str = field(default="cpu", metadata=FLOW_OPTIONS["device"])
+    dtype: str = field(default="float32", metadata=FLOW_OPTIONS["dtype"])
+    checkpoint_every: int = field(default=1_000, metadata=FLOW_OPTIONS["checkpoint_every"])
+    compile: bool = field(default=False, metadata=FLOW_OPTIONS["compile"])
 
     @property
     def kind(self) -> str:

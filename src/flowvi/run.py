@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io as _io
 import math
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,41 @@ from flowvi.transforms.transformers import TRANSFORMERS
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
+# the flow's settings shared by FitConfig and DensityConfig: their command-line help (the CLI
+# generates an option from each field with a "help")
+FLOW_OPTIONS: dict[str, dict[str, Any]] = {
+    "flow": {
+        "help": f"layer family: {', '.join(flowvi.flows.LAYERS)} (fit's None: planar for U1-U4 "
+        "and the 2-D toys, iaf for posteriors)"
+    },
+    "length": {"help": "flow length K (fit's None: 32 planar, 4 iaf)", "aliases": ("-K",)},
+    "base": {
+        "help": "base distribution: standard N(0, I) or a trainable diagonal Gaussian (fit's "
+        "None: standard for U1-U4 and the toys, diagonal for posteriors)",
+        "choices": ("standard", "diagonal"),
+    },
+    "hidden": {"help": "hidden sizes of coupling/MADE networks, e.g. 64,64"},
+    "mask": {"help": "coupling split (checkerboard: square images)", "choices": tuple(MASKS)},
+    "order": {
+        "help": "autoregressive order of every layer (None: natural and reverse alternate)",
+        "choices": tuple(ORDERS),
+    },
+    "transformer": {
+        "help": "elementwise map of coupling/autoregressive layers (None: the family's own)",
+        "choices": tuple(TRANSFORMERS),
+    },
+    "compile": {
+        "help": "run each training step as one compiled graph (Adam only; steps several times "
+        "faster after a compile of tens of seconds to minutes: for long or repeated runs)"
+    },
+    "device": {"help": "cpu, cuda, cuda:N or auto"},
+    "dtype": {"help": "float32 or float64"},
+    "optimizer": {"help": "adam or rmsprop"},
+    "seed": {"help": "random seed"},
+    "lr": {"help": "learning rate"},
+    "checkpoint_every": {"help": "iterations between checkpoints"},
+}
+
 # registered layers with no parameters to fit: the fixed data-end maps of density runs
 FIXED_LAYERS = frozenset({"logit", "standardize"})
 
@@ -77,30 +112,58 @@ class FitConfig:
     """
 
     target: str = "U1"
-    pyro_model: str | None = None
-    data: str | None = None
-    flow: str | None = None
-    length: int | None = None
-    base: str | None = None
-    init_scale: float = 0.1
-    hidden: tuple[int, ...] = (64, 64)
-    mask: str = "half"
-    order: str | None = None
-    transformer: str | None = None
-    dim: int | None = None
+    pyro_model: str | None = field(
+        default=None,
+        metadata={
+            "help": "a Pyro model, file.py:name or module:name, fitted in its unconstrained "
+            "space (needs pip install 'flowvi[pyro]'); replaces --target",
+            "flag": "--model",
+        },
+    )
+    data: str | None = field(
+        default=None,
+        metadata={
+            "help": "the model's keyword arguments: a .csv with a header (one array per "
+            "column), or a .npz / .pt of named arrays"
+        },
+    )
+    flow: str | None = field(default=None, metadata=FLOW_OPTIONS["flow"])
+    length: int | None = field(default=None, metadata=FLOW_OPTIONS["length"])
+    base: str | None = field(default=None, metadata=FLOW_OPTIONS["base"])
+    init_scale: float = field(
+        default=0.1,
+        metadata={
+            "help": "initial sd of the guide around the model's initial point (not for U1-U4/toys)"
+        },
+    )
+    hidden: tuple[int, ...] = field(default=(64, 64), metadata=FLOW_OPTIONS["hidden"])
+    mask: str = field(default="half", metadata=FLOW_OPTIONS["mask"])
+    order: str | None = field(default=None, metadata=FLOW_OPTIONS["order"])
+    transformer: str | None = field(default=None, metadata=FLOW_OPTIONS["transformer"])
+    dim: int | None = field(default=None, metadata={"help": "dimension of a user target"})
     confine: bool | None = None
-    iters: int = 10_000
-    batch_size: int = 256
-    lr: float = 3e-3
-    optimizer: str = "adam"
-    beta0: float = 0.01
-    anneal: float | None = None
-    seed: int = 0
-    device: str = "cpu"
-    dtype: str = "float32"
-    checkpoint_every: int = 1_000
-    samples: int = 100_000
-    compile: bool = False
+    iters: int = field(default=10_000, metadata={"help": "training iterations"})
+    batch_size: int = field(default=256, metadata={"help": "samples per iteration"})
+    lr: float = field(default=3e-3, metadata=FLOW_OPTIONS["lr"])
+    optimizer: str = field(default="adam", metadata=FLOW_OPTIONS["optimizer"])
+    beta0: float = field(
+        default=0.01, metadata={"help": "initial inverse temperature β_0 of Eq. 20"}
+    )
+    anneal: float | None = field(
+        default=None,
+        metadata={
+            "help": "share of --iters over which β rises from β_0 to 1, in [0, 1) (None: 0.5 "
+            "for U1-U4 and the 2-D toys, the paper's protocol; 0, no annealing, for posteriors)"
+        },
+    )
+    seed: int = field(default=0, metadata=FLOW_OPTIONS["seed"])
+    device: str = field(default="cpu", metadata=FLOW_OPTIONS["device"])
+    dtype: str = field(default="float32", metadata=FLOW_OPTIONS["dtype"])
+    checkpoint_every: int = field(default=1_000, metadata=FLOW_OPTIONS["checkpoint_every"])
+    samples: int = field(
+        default=100_000, metadata={"help": "Monte Carlo samples for the final metrics"}
+    )
+    compile: bool = field(default=False, metadata=FLOW_OPTIONS["compile"])
 
     @property
     def paper(self) -> bool:
