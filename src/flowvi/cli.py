@@ -27,7 +27,7 @@ from flowvi.show import ShowConfig, run_show
 from flowvi.targets import ENERGIES, NAMES
 from flowvi.threads import set_num_threads, training_threads
 from flowvi.train import NonFiniteLossError, TrainingInterrupted
-from flowvi.vae.run import KLS, VAEConfig, evaluate_vae, posterior_label, run_vae, vae_config
+from flowvi.vae.run import VAEConfig, evaluate_vae, posterior_label, run_vae, vae_config
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -99,20 +99,6 @@ def _threads_option(parser: argparse.ArgumentParser) -> None:
         "fastest for small flows, whose steps are many small operations; 0: torch's own "
         "default; results do not depend on it)",
     )
-
-
-def _options(parser: argparse.ArgumentParser, defaults: object):
-    """``option(*flags, help=...)`` adding an option whose default, shown in the help, comes from
-    the configuration dataclass ``defaults``; options not given stay absent from the namespace."""
-
-    def option(*flags: str, help: str, **kwargs) -> None:
-        name = kwargs.get("dest") or flags[0].lstrip("-").replace("-", "_")
-        shown = getattr(defaults, name)
-        parser.add_argument(
-            *flags, default=argparse.SUPPRESS, help=f"{help} (default: {shown})", **kwargs
-        )
-
-    return option
 
 
 def _config_options(parser: argparse.ArgumentParser, config: type) -> None:
@@ -284,64 +270,7 @@ def _vae_parser(commands) -> None:
             "flowvi vae train ... (each rank a shard of every --batch-size batch; rank 0 writes)."
         ),
     )
-    defaults = VAEConfig()
-    option = _options(train, defaults)
-    option("--model", choices=["vae", "nlpca"], help="vae, or the nonlinear-PCA baseline")
-    option("--data", help="digits, fashion-mnist or mnist (with --data-dir)")
-    option("--data-dir", help="directory of IDX files (fashion-mnist, mnist)")
-    option(
-        "--binarize",
-        choices=["static", "dynamic", "none"],
-        help="static: > 0.5; dynamic: Bernoulli draws; none: grey levels "
-        "(None: static for the bernoulli likelihood, none for the others)",
-    )
-    option(
-        "--likelihood",
-        choices=["bernoulli", "continuous-bernoulli", "gaussian"],
-        help="p(x|z) per pixel: bernoulli (binary), continuous-bernoulli or gaussian (grey)",
-    )
-    option("--posterior", help="diagonal, planar, radial, sylvester-o/-h/-t or iaf")
-    option("--length", "-K", type=int, help="flow length K")
-    option("--latent", type=int, help="latent size d")
-    option("--network", choices=["mlp", "conv"], help="mlp, or gated conv (28x28 or 8x8 images)")
-    option("--hidden", type=_sizes, help="encoder hidden sizes (decoder mirrored), e.g. 300,300")
-    option("--flow-hidden", type=_sizes, help="IAF MADE and flow prior hidden sizes")
-    option(
-        "--flow-context",
-        type=int,
-        help="the flow layers read a linear projection of the encoder's context to this size "
-        "(a low-rank amortization, cheaper heads; None: the context itself)",
-    )
-    option("--prior", help="normal, or a flow family over N(0, I) trained with the VAE, e.g. maf")
-    option("--prior-length", type=int, help="layers of the flow prior")
-    option("--objective", choices=["elbo", "iwae"], help="training bound")
-    option("--samples", type=int, help="latent samples per image (k of IWAE)")
-    option(
-        "--kl",
-        choices=list(KLS),
-        help="KL of the ELBO: analytic where exact, Monte Carlo for every posterior (mc), or "
-        "split: a flow posterior's base KL in closed form and the flow's share sampled",
-    )
-    option("--epochs", type=int, help="maximum training epochs")
-    option("--batch-size", type=int, help="images per iteration")
-    option("--lr", type=float, help="learning rate")
-    option("--optimizer", help="adam or rmsprop")
-    option("--warmup", type=int, help="epochs of KL warm-up (β from --beta0 to 1; 0: none)")
-    option("--beta0", type=float, help="initial β of the warm-up")
-    option("--patience", type=int, help="epochs without validation improvement before stopping")
-    option("--valid-fraction", type=float, help="validation share of the training images")
-    option("--test-fraction", type=float, help="test share of digits")
-    option("--seed", type=int, help="random seed")
-    option("--device", help="cpu, cuda, cuda:N or auto")
-    option("--dtype", help="float32 or float64")
-    option("--checkpoint-every", type=int, help="epochs between checkpoints")
-    option("--eval-samples", type=int, help="importance samples k of vae eval")
-    option(
-        "--compile",
-        action=argparse.BooleanOptionalAction,
-        help="run each training step as one compiled graph (Adam, one process; faster steps "
-        "after a compile of a minute or so on a CPU)",
-    )
+    _config_options(train, VAEConfig)
     train.add_argument(
         "--out", type=Path, default=None, help="run directory (default: runs/vae-<date>-<time>)"
     )

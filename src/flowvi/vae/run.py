@@ -8,7 +8,7 @@ import itertools
 import math
 import time
 import warnings
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +65,11 @@ NETWORKS = ("mlp", "conv")
 MODELS = ("vae", "nlpca")
 
 
+def _option(text: str, **more: Any) -> dict[str, Any]:
+    """A field's command-line help (and ``choices``, ``aliases``), read by :mod:`flowvi.cli`."""
+    return {"help": text, **more}
+
+
 @dataclass(frozen=True)
 class VAEConfig:
     """Everything that determines a ``flowvi vae train`` run; saved as ``config.json``.
@@ -94,39 +99,96 @@ class VAEConfig:
     settings it uses).
     """
 
-    model: str = "vae"
-    data: str = "digits"
-    data_dir: str | None = None
-    binarize: str | None = None
-    likelihood: str = "bernoulli"
-    posterior: str = "planar"
-    length: int = 10
-    latent: int = 40
-    network: str = "mlp"
-    hidden: tuple[int, ...] = (300, 300)
-    flow_hidden: tuple[int, ...] = (320, 320)
-    flow_context: int | None = None
-    prior: str = "normal"
-    prior_length: int = 1
-    objective: str = "elbo"
-    kl: str = "analytic"
-    samples: int = 1
-    epochs: int = 100
-    batch_size: int = 100
-    lr: float = 1e-3
-    optimizer: str = "adam"
-    warmup: int = 10
-    beta0: float = 0.01
-    patience: int = 20
-    valid_fraction: float = 0.1
-    test_fraction: float = 0.2
-    seed: int = 0
-    device: str = "cpu"
-    dtype: str = "float32"
-    checkpoint_every: int = 1
-    eval_samples: int = 5000
+    model: str = field(
+        default="vae", metadata=_option("vae, or the nonlinear-PCA baseline", choices=MODELS)
+    )
+    data: str = field(
+        default="digits", metadata=_option("digits, fashion-mnist or mnist (with --data-dir)")
+    )
+    data_dir: str | None = field(
+        default=None, metadata=_option("directory of IDX files (fashion-mnist, mnist)")
+    )
+    binarize: str | None = field(
+        default=None,
+        metadata=_option(
+            "static: > 0.5; dynamic: Bernoulli draws; none: grey levels (None: static for the "
+            "bernoulli likelihood, none for the others)",
+            choices=("static", "dynamic", "none"),
+        ),
+    )
+    likelihood: str = field(
+        default="bernoulli",
+        metadata=_option(
+            "p(x|z) per pixel: bernoulli (binary), continuous-bernoulli or gaussian (grey)",
+            choices=("bernoulli", "continuous-bernoulli", "gaussian"),
+        ),
+    )
+    posterior: str = field(
+        default="planar", metadata=_option("diagonal, planar, radial, sylvester-o/-h/-t or iaf")
+    )
+    length: int = field(default=10, metadata=_option("flow length K", aliases=("-K",)))
+    latent: int = field(default=40, metadata=_option("latent size d"))
+    network: str = field(
+        default="mlp",
+        metadata=_option("mlp, or gated conv (28x28 or 8x8 images)", choices=NETWORKS),
+    )
+    hidden: tuple[int, ...] = field(
+        default=(300, 300),
+        metadata=_option("encoder hidden sizes (decoder mirrored), e.g. 300,300"),
+    )
+    flow_hidden: tuple[int, ...] = field(
+        default=(320, 320), metadata=_option("IAF MADE and flow prior hidden sizes")
+    )
+    flow_context: int | None = field(
+        default=None,
+        metadata=_option(
+            "the flow layers read a linear projection of the encoder's context to this size (a "
+            "low-rank amortization, cheaper heads; None: the context itself)"
+        ),
+    )
+    prior: str = field(
+        default="normal",
+        metadata=_option("normal, or a flow family over N(0, I) trained with the VAE, e.g. maf"),
+    )
+    prior_length: int = field(default=1, metadata=_option("layers of the flow prior"))
+    objective: str = field(default="elbo", metadata=_option("training bound", choices=OBJECTIVES))
+    kl: str = field(
+        default="analytic",
+        metadata=_option(
+            "KL of the ELBO: analytic where exact, Monte Carlo for every posterior (mc), or "
+            "split: a flow posterior's base KL in closed form and the flow's share sampled",
+            choices=KLS,
+        ),
+    )
+    samples: int = field(default=1, metadata=_option("latent samples per image (k of IWAE)"))
+    epochs: int = field(default=100, metadata=_option("maximum training epochs"))
+    batch_size: int = field(default=100, metadata=_option("images per iteration"))
+    lr: float = field(default=1e-3, metadata=_option("learning rate"))
+    optimizer: str = field(default="adam", metadata=_option("adam or rmsprop"))
+    warmup: int = field(
+        default=10, metadata=_option("epochs of KL warm-up (β from --beta0 to 1; 0: none)")
+    )
+    beta0: float = field(default=0.01, metadata=_option("initial β of the warm-up"))
+    patience: int = field(
+        default=20, metadata=_option("epochs without validation improvement before stopping")
+    )
+    valid_fraction: float = field(
+        default=0.1, metadata=_option("validation share of the training images")
+    )
+    test_fraction: float = field(default=0.2, metadata=_option("test share of digits"))
+    seed: int = field(default=0, metadata=_option("random seed"))
+    device: str = field(default="cpu", metadata=_option("cpu, cuda, cuda:N or auto"))
+    dtype: str = field(default="float32", metadata=_option("float32 or float64"))
+    checkpoint_every: int = field(default=1, metadata=_option("epochs between checkpoints"))
+    eval_samples: int = field(default=5000, metadata=_option("importance samples k of vae eval"))
     eval_chunk: int = 500
-    compile: bool = False
+    compile: bool = field(
+        default=False,
+        metadata=_option(
+            "run each training step as one compiled graph (Adam, one process; faster steps "
+            "after a compile of a minute or so on a CPU)"
+        ),
+    )
 
     def __post_init__(self) -> None:
         if self.binarize is None:  # the likelihood's own: binary pixels for the Bernoulli
