@@ -1,10 +1,10 @@
 """User data tables: ``.npy`` arrays and ``.csv`` files of numbers, read strictly.
 
 Nothing is silently dropped or repaired: every problem (a NaN, a ragged row, a word among the
-numbers, a constant column) is a ``ValueError`` naming the file and where the problem is. Rows
-of a ``.csv`` are named by their line number in the file (1-based, as an editor shows it), rows
-of a ``.npy`` by their 0-based index, columns by their 0-based index and, when the file has a
-header, their name.
+numbers, a constant column) is a ``ValueError`` naming the file and where the problem is. A
+``.csv`` counts as an editor and a spreadsheet show it: line numbers and column numbers from 1,
+with the column's name when the file has a header. An ``.npy`` array counts as numpy does: row
+and column indices from 0, said so in the message.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def read_table(path: str | Path) -> Tensor:
         x, header = _read_npy(path), None
     else:
         x, header = _read_csv(path)
-    _check_columns(x, header, path)
+    _check_columns(x, header, path, first=0 if suffix == ".npy" else 1)
     return torch.from_numpy(x)
 
 
@@ -87,7 +87,7 @@ def _read_npy(path: Path) -> np.ndarray:
         row, col = (int(i) for i in np.argwhere(bad)[0])
         raise ValueError(
             f"{path}: {int(bad.any(1).sum())} rows hold NaN or inf; the first is row index "
-            f"{row} (0-based), column {col}: {x[row, col]}"
+            f"{row}, column index {col} (0-based): {x[row, col]}"
         )
     return x
 
@@ -152,7 +152,7 @@ def _read_csv(path: Path) -> tuple[np.ndarray, list[str] | None]:
             for j, cell in enumerate(row):
                 if _number(cell) is None:
                     raise ValueError(
-                        f"{path}, line {line_no}, column {j}{_name(header, j)}: "
+                        f"{path}, line {line_no}, column {j + 1}{_name(header, j)}: "
                         f"cannot read {cell.strip()!r} as a number"
                     ) from None
         raise
@@ -160,7 +160,7 @@ def _read_csv(path: Path) -> tuple[np.ndarray, list[str] | None]:
     if bad.any():
         i, j = (int(k) for k in np.argwhere(bad)[0])
         raise ValueError(
-            f"{path}, line {numbered[i][0]}, column {j}{_name(header, j)}: "
+            f"{path}, line {numbered[i][0]}, column {j + 1}{_name(header, j)}: "
             f"{rows[i][j].strip()!r} is not finite (NaN and inf are refused; "
             f"{int(bad.any(1).sum())} rows have one)"
         )
@@ -171,17 +171,19 @@ def _name(header: list[str] | None, j: int) -> str:
     return f" ({header[j]!r})" if header is not None else ""
 
 
-def _check_columns(x: np.ndarray, header: list[str] | None, path: Path) -> None:
-    """Refuse tables too small to standardize, and constant columns (zero variance)."""
+def _check_columns(x: np.ndarray, header: list[str] | None, path: Path, *, first: int) -> None:
+    """Refuse tables too small to standardize, and constant columns (zero variance); columns
+    are numbered from ``first`` (1 in a .csv, 0 in an .npy)."""
     if x.shape[0] < 2:
         raise ValueError(f"{path}: {x.shape[0]} data row; at least 2 are needed")
     constant = np.flatnonzero((x == x[0]).all(0))
     if constant.size:
         j = int(constant[0])
+        numbers = ", ".join(str(k + first) for k in constant.tolist())
         raise ValueError(
-            f"{path}: column {j}{_name(header, j)} is constant (every value is {x[0, j]:g}); "
-            f"a zero-variance column has no density: drop it "
-            f"({constant.size} constant column(s): {', '.join(map(str, constant.tolist()))})"
+            f"{path}: column {j + first}{_name(header, j)} is constant (every value is "
+            f"{x[0, j]:g}); a zero-variance column has no density: drop it "
+            f"({constant.size} constant column(s): {numbers})"
         )
 
 
