@@ -168,6 +168,7 @@ def _density_parser(commands) -> None:
 def _estimators_parser(commands) -> None:
     estimators = commands.add_parser(
         "estimators",
+        parents=[_shared()],
         help="variance of score-function and reparameterization gradients vs samples",
         description=(
             "Variance of gradient estimators against the number of samples S: for "
@@ -195,7 +196,7 @@ def _estimators(args: argparse.Namespace) -> int:
     directory = check_output(
         args.out or Path("runs") / datetime.now().strftime("estimators-%Y%m%d-%H%M%S")
     )
-    result = run_estimators(config, directory)
+    result = run_estimators(config, directory, progress=not args.quiet)
     s = max(config.samples)
     for problem in dict.fromkeys(row["problem"] for row in result["rows"]):
         rows = [r for r in result["rows"] if r["problem"] == problem and r["samples"] == s]

@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from flowvi._checks import check_dim
 from flowvi.inference.bbvi import MeanField, NormalFactors, elbo_gradient, fit_bbvi
@@ -184,8 +185,12 @@ def model_study(
     return rows
 
 
-def run_estimators(config: EstimatorsConfig, directory: str | Path) -> dict:
-    """Run both studies and write ``estimators.{json,csv,png}`` to ``directory``.
+def run_estimators(
+    config: EstimatorsConfig, directory: str | Path, *, progress: bool = True
+) -> dict:
+    """Run both studies and write ``estimators.{json,csv,png}`` to ``directory``, with a
+    progress bar (tqdm, on standard error) over the sample sizes of each study and the guide's
+    fit unless ``progress`` is false.
 
     Returns:
         ``{"config": ..., "rows": [...]}`` as written to the JSON file.
@@ -196,11 +201,25 @@ def run_estimators(config: EstimatorsConfig, directory: str | Path) -> dict:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
-    rows = toy_study(config.samples, repeats=config.repeats, mu=config.mu)
+
+    def sizes(desc: str):
+        return tqdm(config.samples, desc=f"estimators: {desc}", disable=not progress)
+
+    rows = toy_study(sizes("toy, per S"), repeats=config.repeats, mu=config.mu)
     target = EightSchools()
     guide = MeanField([NormalFactors(target.dim)]).double()
-    fit_bbvi(guide, target, iters=config.fit_iters, samples=32, lr=1e-2, estimator="stl")
-    rows += model_study(target, guide, config.samples, repeats=config.repeats, local=target.local)
+    fit_bbvi(
+        guide,
+        target,
+        iters=config.fit_iters,
+        samples=32,
+        lr=1e-2,
+        estimator="stl",
+        progress=progress,
+    )
+    rows += model_study(
+        target, guide, sizes("eight schools, per S"), repeats=config.repeats, local=target.local
+    )
     result = {"config": asdict(config), "rows": rows}
     (directory / "estimators.json").write_text(json.dumps(result, indent=2) + "\n")
     buffer = io.StringIO()
