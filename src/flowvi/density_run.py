@@ -44,7 +44,7 @@ from flowvi.io import (
     write_json,
 )
 from flowvi.plot import density_figure, image_grid
-from flowvi.run import DTYPES, FLOW_OPTIONS, build_flow, resolve_device
+from flowvi.settings import DTYPES, FLOW_OPTIONS, build_flow, resolve_device
 from flowvi.train import SCHEDULES, check_compile, make_optimizer
 from flowvi.transforms.transformers import TRANSFORMERS
 

@@ -17,7 +17,7 @@ from flowvi._checks import check_choice, check_dim
 from flowvi._imports import load_object
 from flowvi.data.tables import read_arrays
 from flowvi.fitting import annealing_iters, fit
-from flowvi.flows import MASKS, ORDERS, build, describe
+from flowvi.flows import MASKS, ORDERS, describe
 from flowvi.inference.guides import initialize
 from flowvi.io import (
     CHECKPOINT,
@@ -41,48 +41,11 @@ from flowvi.metrics import evaluate
 from flowvi.objectives import beta_schedule
 from flowvi.plot import fit_figure
 from flowvi.posterior import summarize
+from flowvi.settings import DTYPES, FLOW_OPTIONS, build_flow, resolve_device
 from flowvi.targets import ENERGIES
 from flowvi.targets.sites import vector_site
 from flowvi.train import DropPolicy, check_compile, make_optimizer
 from flowvi.transforms.transformers import TRANSFORMERS
-
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
-
-
-# the flow's settings shared by FitConfig and DensityConfig: their command-line help (the CLI
-# generates an option from each field with a "help")
-FLOW_OPTIONS: dict[str, dict[str, Any]] = {
-    "flow": {
-        "help": f"layer family: {', '.join(flowvi.flows.LAYERS)} (fit's None: planar for U1-U4 "
-        "and the 2-D toys, iaf for posteriors)"
-    },
-    "length": {"help": "flow length K (fit's None: 32 planar, 4 iaf)", "aliases": ("-K",)},
-    "base": {
-        "help": "base distribution: standard N(0, I) or a trainable diagonal Gaussian (fit's "
-        "None: standard for U1-U4 and the toys, diagonal for posteriors)",
-        "choices": ("standard", "diagonal"),
-    },
-    "hidden": {"help": "hidden sizes of coupling/MADE networks, e.g. 64,64"},
-    "mask": {"help": "coupling split (checkerboard: square images)", "choices": tuple(MASKS)},
-    "order": {
-        "help": "autoregressive order of every layer (None: natural and reverse alternate)",
-        "choices": tuple(ORDERS),
-    },
-    "transformer": {
-        "help": "elementwise map of coupling/autoregressive layers (None: the family's own)",
-        "choices": tuple(TRANSFORMERS),
-    },
-    "compile": {
-        "help": "run each training step as one compiled graph (Adam only; steps several times "
-        "faster after a compile of tens of seconds to minutes: for long or repeated runs)"
-    },
-    "device": {"help": "cpu, cuda, cuda:N or auto"},
-    "dtype": {"help": "float32 or float64"},
-    "optimizer": {"help": "adam or rmsprop"},
-    "seed": {"help": "random seed"},
-    "lr": {"help": "learning rate"},
-    "checkpoint_every": {"help": "iterations between checkpoints"},
-}
 
 # registered layers with no parameters to fit: the fixed data-end maps of density runs
 FIXED_LAYERS = frozenset({"logit", "standardize"})
@@ -245,34 +208,6 @@ class FitConfig:
                 f"model {self.pyro_model} has {target.dim} latent coordinates, not {self.dim}"
             )
         return target
-
-
-def build_flow(config: Any, d: int) -> flowvi.NormalizingFlow:
-    """The flow a run's configuration names (``flow``, ``length``, ``base``, ``hidden``,
-    ``mask``, ``order``, ``transformer``; a :class:`FitConfig` or a ``DensityConfig``) in
-    ``d`` dimensions, by :func:`flowvi.flows.build`."""
-    return build(
-        config.flow,
-        d,
-        length=config.length,
-        base=config.base,
-        hidden=config.hidden,
-        mask=config.mask,
-        order=config.order,
-        transformer=config.transformer,
-    )
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as error:
-        raise ValueError(f"unknown device {name!r}: {error}") from error
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but CUDA is not available")
-    return device
 
 
 def run_name(target: str) -> str:

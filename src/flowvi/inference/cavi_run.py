@@ -19,7 +19,7 @@ from flowvi.data import read_table
 from flowvi.inference.cavi import INITS, CAVIResult, cavi, check_prior_std, simulate, update_locals
 from flowvi.inference.svi import SVIResult, svi
 from flowvi.io import CONFIG, atomic_write, check_memory, run_directory, versions, write_json
-from flowvi.run import resolve_device
+from flowvi.settings import resolve_device
 
 METHODS = ("cavi", "svi")
 

@@ -478,7 +478,7 @@ def gap_run(
     Raises:
         ValueError: if ``directory`` holds no finished run or ``n`` is not a positive integer.
     """
-    from flowvi.run import DTYPES
+    from flowvi.settings import DTYPES
     from flowvi.vae.run import _splits, load_vae
 
     check_dim(n, "--n")

@@ -49,7 +49,7 @@ from flowvi.io import (
     write_config,
     write_json,
 )
-from flowvi.run import DTYPES, resolve_device
+from flowvi.settings import DTYPES, resolve_device
 from flowvi.train import EarlyStopping, train
 from flowvi.vae.evaluate import mean_and_se
 from flowvi.vae.networks import BernoulliDecoder, Encoder

@@ -36,7 +36,7 @@ from flowvi.io import (
     write_tensors,
 )
 from flowvi.objectives import beta_schedule
-from flowvi.run import DTYPES, resolve_device
+from flowvi.settings import DTYPES, resolve_device
 from flowvi.train import EarlyStopping, check_compile, make_optimizer, train
 from flowvi.vae.data import BINARIZATIONS, DATASETS, BinarySplits, load_binary
 from flowvi.vae.distributed import DataParallel, world_size
