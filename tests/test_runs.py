@@ -10,11 +10,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import multiprocessing
 import os
 import random
 import shutil
 import signal
+import subprocess
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -37,18 +38,14 @@ DENSITY += ["--valid-every", "25", "--checkpoint-every", "25", "--quiet"]
 # ----------------------------------------------------------------------------- kill -9
 
 
-def _child(argv: list[str]) -> None:
-    """A forked ``flowvi argv`` (torch already imported: no start-up cost), silent."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 1)
-    os.dup2(devnull, 2)
-    os._exit(main(argv))
-
-
-def _start(argv: list[str]):
-    process = multiprocessing.get_context("fork").Process(target=_child, args=(argv,))
-    process.start()
-    return process
+def _start(argv: list[str]) -> subprocess.Popen:
+    """``python -m flowvi argv`` in a fresh process, silent (a fresh interpreter, not a fork:
+    forking a process whose torch and tqdm threads hold locks can deadlock the child)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "flowvi", *argv],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def _run_killed(argv: list[str], directory: Path, rng: random.Random, *, early: bool) -> None:
@@ -65,23 +62,21 @@ def _run_killed(argv: list[str], directory: Path, rng: random.Random, *, early: 
     process = _start(argv)
     try:
         deadline = time.monotonic() + 60
-        while process.is_alive() and time.monotonic() < deadline:
+        while process.poll() is None and time.monotonic() < deadline:
             if stamp(watched) != before:
                 break
             time.sleep(0.001)
         if not early:
             time.sleep(rng.uniform(0.0, 0.05))
     finally:
-        if process.pid is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(process.pid, signal.SIGKILL)
-        process.join()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(process.pid, signal.SIGKILL)
+        process.wait(timeout=60)
 
 
 def _run(argv: list[str]) -> None:
     process = _start(argv)
-    process.join()
-    assert process.exitcode == 0, argv
+    assert process.wait(timeout=300) == 0, argv
 
 
 def _loads_or_refuses(directory: Path) -> None:
