@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io as _io
 import math
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,15 +27,12 @@ from flowvi.flows import (
 )
 from flowvi.io import (
     CHECKPOINT,
-    CONFIG,
-    RunError,
     atomic_write,
     check_checkpoint,
     check_iterations,
     check_memory,
     checkpoint_iteration,
     load,
-    read_config,
     read_json,
     run_directory,
     save_weights,
@@ -44,7 +41,7 @@ from flowvi.io import (
     write_json,
 )
 from flowvi.plot import density_figure, image_grid
-from flowvi.settings import DTYPES, FLOW_OPTIONS, build_flow, resolve_device
+from flowvi.settings import DTYPES, FLOW_OPTIONS, build_flow, resolve_device, saved_config
 from flowvi.train import SCHEDULES, check_compile, make_optimizer
 from flowvi.transforms.transformers import TRANSFORMERS
 
@@ -406,17 +403,7 @@ def resume_density_config(directory: str | Path, **overrides: Any) -> DensityCon
         flowvi.io.RunError: (a ``ValueError``) naming the ``config.json``: missing, not a JSON
             object, of a run of another command, or holding settings of the wrong type.
     """
-    saved = read_config(directory, kind="density")
-    known = {f.name for f in fields(DensityConfig)}
-    values = {k: v for k, v in saved.items() if k in known}
-    try:
-        values["hidden"] = tuple(values.get("hidden", DensityConfig.hidden))
-        config = DensityConfig(**values)
-    except TypeError as error:
-        raise RunError(
-            f"{Path(directory) / CONFIG} holds settings of the wrong type: {error}"
-        ) from None
-    return replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    return saved_config(DensityConfig, directory, kind="density", **overrides)
 
 
 def load_density(directory: str | Path) -> tuple[NormalizingFlow, dict[str, Any]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io as _io
 import math
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,15 +21,12 @@ from flowvi.flows import MASKS, ORDERS, describe
 from flowvi.inference.guides import initialize
 from flowvi.io import (
     CHECKPOINT,
-    CONFIG,
-    RunError,
     atomic_write,
     check_checkpoint,
     check_iterations,
     check_memory,
     checkpoint_iteration,
     load,
-    read_config,
     read_json,
     run_directory,
     save_weights,
@@ -41,7 +38,7 @@ from flowvi.metrics import evaluate
 from flowvi.objectives import beta_schedule
 from flowvi.plot import fit_figure
 from flowvi.posterior import summarize
-from flowvi.settings import DTYPES, FLOW_OPTIONS, build_flow, resolve_device
+from flowvi.settings import DTYPES, FLOW_OPTIONS, build_flow, resolve_device, saved_config
 from flowvi.targets import ENERGIES
 from flowvi.targets.sites import vector_site
 from flowvi.train import DropPolicy, check_compile, make_optimizer
@@ -331,17 +328,7 @@ def resume_config(directory: str | Path, **overrides: Any) -> FitConfig:
         flowvi.io.RunError: (a ``ValueError``) naming the ``config.json``: missing, not a JSON
             object, or of a run of another command; or holding settings of the wrong type.
     """
-    saved = read_config(directory, kind="fit")
-    known = {f.name for f in fields(FitConfig)}
-    values = {k: v for k, v in saved.items() if k in known}
-    try:
-        values["hidden"] = tuple(values.get("hidden", FitConfig.hidden))
-        config = FitConfig(**values)
-    except TypeError as error:
-        raise RunError(
-            f"{Path(directory) / CONFIG} holds settings of the wrong type: {error}"
-        ) from None
-    return replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    return saved_config(FitConfig, directory, kind="fit", **overrides)
 
 
 def verdict(metrics: dict[str, Any]) -> str:

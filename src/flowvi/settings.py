@@ -3,12 +3,15 @@ command-line help) and the flow a configuration names."""
 
 from __future__ import annotations
 
+from dataclasses import fields, replace
+from pathlib import Path
 from typing import Any
 
 import torch
 
 import flowvi.flows
 from flowvi.flows import MASKS, ORDERS, build
+from flowvi.io import CONFIG, RunError, read_config
 from flowvi.transforms.transformers import TRANSFORMERS
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -80,3 +83,26 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} requested but CUDA is not available")
     return device
+
+
+def saved_config(cls: type, directory: str | Path, *, kind: str, **overrides: Any) -> Any:
+    """The configuration dataclass ``cls`` saved in a run directory of the command ``kind``
+    (unknown entries ignored, ``hidden`` as a tuple), with the ``overrides`` that are not
+    ``None`` (e.g. a longer ``iters``).
+
+    Raises:
+        flowvi.io.RunError: (a ``ValueError``) naming the ``config.json``: missing, not a JSON
+            object, of a run of another command, or holding settings of the wrong type.
+    """
+    saved = read_config(directory, kind=kind)
+    known = {f.name for f in fields(cls)}
+    values = {k: v for k, v in saved.items() if k in known}
+    try:
+        if "hidden" in known:
+            values["hidden"] = tuple(values.get("hidden", cls.hidden))
+        config = cls(**values)
+    except TypeError as error:
+        raise RunError(
+            f"{Path(directory) / CONFIG} holds settings of the wrong type: {error}"
+        ) from None
+    return replace(config, **{k: v for k, v in overrides.items() if v is not None})
