@@ -89,7 +89,7 @@ def provenance(*packages: str) -> dict[str, Any]:
 
 
 def vae_splits(config):
-    """The binary image splits of a VAE run's settings (:class:`flowvi.vae.run.VAEConfig`):
+    """The binary image splits of a VAE run's settings (:class:`flowvi.app.vae.VAEConfig`):
     :func:`flowvi.vae.data.load_binary` with its data set, binarization, fractions and seed."""
     from flowvi.vae.data import load_binary
 

@@ -3,7 +3,7 @@
 Both libraries fit exactly the same densities (flowvi's targets, U2–U4 confined to [-4, 4]² by
 flowvi's smooth wall) with planar flows of length K on a standard normal base, and the same
 settings: Adam, learning rate, batch size, iteration budget and β_t = min(1, β0 + t/T) (the
-`flowvi fit` defaults from `flowvi.run.FitConfig` unless overridden). Both fitted models are
+`flowvi fit` defaults from `flowvi.app.fit.FitConfig` unless overridden). Both fitted models are
 scored by the same code, `flowvi.metrics.evaluate`: KL(q‖p) = F + ln Z with F from 100,000
 samples of q and ln Z by quadrature. normflows' planar layers cannot evaluate q at arbitrary
 points, so its forward KL is n/a.
@@ -46,9 +46,9 @@ from benchmarks.common import (
     provenance,
     save_records,
 )
+from flowvi.app.fit import FitConfig
 from flowvi.metrics import evaluate
 from flowvi.objectives import beta_schedule
-from flowvi.run import FitConfig
 from flowvi.train import NonFiniteLossError
 
 DEFAULTS = FitConfig()

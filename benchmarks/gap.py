@@ -40,10 +40,11 @@ from benchmarks.common import (
     save_records,
     vae_splits,
 )
+from flowvi.app.gap import gap_table
 from flowvi.settings import DTYPES
+from flowvi.vae.config import load_vae
 from flowvi.vae.evaluate import mean_and_se
-from flowvi.vae.gap import GapSettings, ais_log_likelihood, bdmc, gap_table, inference_gap
-from flowvi.vae.run import load_vae
+from flowvi.vae.gap import GapSettings, ais_log_likelihood, bdmc, inference_gap
 
 
 def ais_check(model, x, settings: GapSettings, chains: int) -> dict:

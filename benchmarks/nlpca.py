@@ -62,10 +62,12 @@ from benchmarks.common import (
     save_records,
     vae_splits,
 )
+from flowvi.app.vae import run_vae
+from flowvi.io import WEIGHTS
 from flowvi.plot import image_panels
+from flowvi.vae.config import VAEConfig, load_vae
 from flowvi.vae.evaluate import log_likelihood, mean_and_se, mean_elbo
 from flowvi.vae.pca import load_nlpca, reconstruction_metrics, vae_reconstruction
-from flowvi.vae.run import WEIGHTS, VAEConfig, load_vae, run_vae
 
 MODELS = {
     "nlpca": {"model": "nlpca"},

@@ -4,7 +4,7 @@ Every model has the same MLP encoder and Bernoulli decoder (``--hidden``, defaul
 mirrored; latent ``--latent``, default 40); only the posterior differs: diagonal Gaussian,
 planar and radial (K = ``--planar-length``, 10), Sylvester O/H/T and IAF (K = ``--length``, 4),
 each amortized on the encoder's context (:func:`flowvi.vae.make_posterior`). Each model is trained
-by :func:`flowvi.vae.run.run_vae` (the ``flowvi vae train`` run: Adam, KL warm-up, validation
+by :func:`flowvi.app.vae.run_vae` (the ``flowvi vae train`` run: Adam, KL warm-up, validation
 -ELBO every epoch, early stopping, best parameters kept) into ``--runs/<data>-<posterior>``.
 
 Data: ``fashion-mnist`` (Debian package ``dataset-fashion-mnist``) thresholded at 0.5 as in
@@ -55,10 +55,12 @@ from benchmarks.common import (
     save_records,
     vae_splits,
 )
+from flowvi.app.vae import run_vae
 from flowvi.fused import BatchLoss, FusedAdamStep
+from flowvi.io import WEIGHTS
 from flowvi.train import CHECKPOINT, train
+from flowvi.vae.config import KLS, VAEConfig, load_vae, make_vae
 from flowvi.vae.evaluate import log_likelihood, mean_and_se, mean_elbo
-from flowvi.vae.run import KLS, WEIGHTS, VAEConfig, load_vae, make_vae, run_vae
 
 POSTERIORS = ("diagonal", "planar", "radial", "sylvester-o", "sylvester-h", "sylvester-t", "iaf")
 KL_TAGS = {"mc": " (MC KL)", "split": " (split KL)"}

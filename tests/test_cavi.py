@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch.distributions import Categorical, Independent, MixtureSameFamily, Normal
 
-from flowvi.cli import main
+from flowvi.app.cli import main
 from flowvi.inference import NormalMean
 from flowvi.inference.cavi import (
     cavi,

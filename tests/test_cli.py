@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 import flowvi
-from flowvi.cli import main
+from flowvi.app.cli import main
 
 TINY = ["--length", "2", "--iters", "30", "--samples", "2000", "--quiet"]
 

@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 from flowvi import load
-from flowvi.cli import main
+from flowvi.app.cli import main
+from flowvi.app.density import DensityConfig, run_density
 from flowvi.density import fit_density
-from flowvi.density_run import DensityConfig, run_density
 from flowvi.distributions import StandardNormal
 from flowvi.flows import (
     LogitPreprocessing,

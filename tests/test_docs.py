@@ -151,7 +151,7 @@ def test_no_broken_internal_link(site: Path) -> None:
 
 def test_cli_reference_follows_the_parser(site: Path) -> None:
     """Every option of every command and subcommand appears on the generated CLI page."""
-    from flowvi.cli import _parser
+    from flowvi.app.cli import parser as flowvi_parser
 
     page = (site / "cli" / "index.html").read_text(encoding="utf-8")
 
@@ -164,7 +164,7 @@ def test_cli_reference_follows_the_parser(site: Path) -> None:
                 for sub, subparser in action.choices.items():
                     walk(subparser, f"{name} {sub}")
 
-    walk(_parser(), "flowvi")
+    walk(flowvi_parser(), "flowvi")
     assert "usage: flowvi vae train" in page and "usage: flowvi vae gap" in page
 
 
@@ -183,11 +183,11 @@ def _options(parser: argparse.ArgumentParser) -> set[str]:
 def test_guide_names_only_real_options(command: str) -> None:
     """Every ``--option`` a user guide page mentions is an option of its command (no docs extra
     needed): the guide cannot describe an option that does not exist, or one since renamed."""
-    from flowvi.cli import _parser
+    from flowvi.app.cli import parser as flowvi_parser
 
     parser = next(
         action.choices[command]
-        for action in _parser()._actions
+        for action in flowvi_parser()._actions
         if isinstance(action, argparse._SubParsersAction)
     )
     text = (ROOT / "docs" / "guide" / f"{command}.md").read_text(encoding="utf-8")
@@ -211,7 +211,7 @@ def _gallery_module(name: str):
 @pytest.mark.parametrize("budget", ["full", "quick"])
 def test_gallery_scripts_use_real_options(budget: str) -> None:
     """The gallery scripts' command lines parse with today's parser (needs no docs extra)."""
-    from flowvi.cli import _parser
+    from flowvi.app.cli import parser as flowvi_parser
 
     quick = budget == "quick"
     argvs = [
@@ -220,7 +220,7 @@ def test_gallery_scripts_use_real_options(budget: str) -> None:
         _gallery_module("density").arguments("out", quick=quick),
         *_gallery_module("vae_latent2d").commands("out", quick=quick),
     ]
-    parser = _parser()
+    parser = flowvi_parser()
     for argv in argvs:
         try:
             parser.parse_args(argv)

@@ -7,16 +7,11 @@ import math
 import pytest
 import torch
 
-from flowvi.cli import main
+from flowvi.app.cli import main
+from flowvi.app.estimators import EstimatorsConfig
 from flowvi.inference import simulate_mixture
 from flowvi.inference.bbvi import GaussianMixtureModel, MeanField, NormalFactors, elbo_gradient
-from flowvi.inference.estimators import (
-    ESTIMATOR_SETTINGS,
-    EstimatorsConfig,
-    model_study,
-    toy_study,
-    toy_theory,
-)
+from flowvi.inference.estimators import ESTIMATOR_SETTINGS, model_study, toy_study, toy_theory
 from flowvi.targets import EightSchools
 
 

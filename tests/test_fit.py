@@ -206,7 +206,7 @@ def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(tmp_path):
 
 
 def test_verdict_flags_a_dropped_mode_and_grades_the_fit():
-    from flowvi.run import verdict
+    from flowvi.app.fit import verdict
 
     assert verdict({"kl": 0.69, "forward_kl": 20.0, "ess_fraction": 0.97}).startswith(
         "poor: q misses"

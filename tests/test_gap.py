@@ -94,7 +94,7 @@ def test_gap_decomposition_adds_up_and_q_star_beats_q_on_every_point():
 
 
 def test_cli_vae_gap_two_runs_side_by_side(tmp_path, capsys):
-    from flowvi.cli import main
+    from flowvi.app.cli import main
 
     tiny = ["--latent", "2", "--hidden", "16", "--length", "2", "--batch-size", "400"]
     out = tmp_path / "planar"

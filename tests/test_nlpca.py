@@ -92,9 +92,9 @@ def test_nlpca_trains_and_reconstructs_digits_better_than_a_vae_of_equal_latent_
 def test_cli_nlpca_run_writes_metrics_and_eval_reads_them(tmp_path):
     from safetensors.torch import load_file
 
-    from flowvi.cli import main
+    from flowvi.app.cli import main
+    from flowvi.vae.config import load_vae
     from flowvi.vae.pca import load_nlpca
-    from flowvi.vae.run import load_vae
 
     out = tmp_path / "nlpca"
     flags = ["--model", "nlpca", "--latent", "3", "--hidden", "16", "--batch-size", "400"]

@@ -367,7 +367,7 @@ def model(y, x):
 
 
 def test_cli_fits_a_pyro_model_file_with_data_and_the_run_gives_back_a_guide(tmp_path, monkeypatch):
-    from flowvi.cli import main
+    from flowvi.app.cli import main
 
     torch.manual_seed(1)
     x = torch.linspace(-2, 2, 200)
@@ -419,7 +419,7 @@ def test_the_initial_point_is_the_prior_median_in_the_unconstrained_space():
 
 
 def test_cli_refuses_bad_model_inputs_before_any_work(tmp_path, monkeypatch, capsys):
-    from flowvi.cli import main
+    from flowvi.app.cli import main
 
     (tmp_path / "models.py").write_text(MODEL_FILE)
     (tmp_path / "nohead.csv").write_text("1,2\n3,4\n")

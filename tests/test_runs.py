@@ -25,8 +25,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import flowvi
-from flowvi.cli import main
-from flowvi.io import RunError
+from flowvi.app.cli import main
+from flowvi.io import STATES, RunError, read_status
 
 FIT = ["fit", "--target", "U1", "--length", "2", "--checkpoint-every", "50"]
 FIT += ["--samples", "500", "--quiet"]
@@ -159,17 +159,20 @@ def test_ctrl_c_checkpoints_and_resumes_bitwise(tmp_path, monkeypatch, capsys):
         monkeypatch.setattr(target, "log_prob", pressing_ctrl_c)
         return original(flow, target, **kwargs)
 
-    monkeypatch.setattr("flowvi.run.fit", interrupted_fit)
+    monkeypatch.setattr("flowvi.app.fit.fit", interrupted_fit)
     capsys.readouterr()
     assert main([*argv, "--out", str(cut)]) == 130
     err = capsys.readouterr().err
     assert "Traceback" not in err
     assert "interrupted after iteration" in err and f"flowvi fit --resume {cut}" in err
-    monkeypatch.setattr("flowvi.run.fit", original)
+    monkeypatch.setattr("flowvi.app.fit.fit", original)
+    status = read_status(cut)
+    assert status["state"] == "interrupted" and 0 < status["iteration"] < 120
     with pytest.warns(UserWarning, match=r"unfinished run: loaded the last checkpoint .*iteration"):
         assert torch.isfinite(flowvi.load(cut).sample((3,))).all()
     assert main(["fit", "--resume", str(cut), "--quiet"]) == 0
     _same_weights(cut, full)
+    assert read_status(cut)["state"] == "finished"
 
 
 # ----------------------------------------------------------------------------- created, unstarted
@@ -188,6 +191,36 @@ def test_a_run_stopped_before_its_first_checkpoint_resumes_from_zero(tmp_path, c
     assert f"continue it with --resume {unstarted}" in capsys.readouterr().err
     assert main(["fit", "--resume", str(unstarted), "--quiet"]) == 0
     _same_weights(unstarted, full)
+
+
+# ----------------------------------------------------------------------------- states
+
+
+def test_a_run_records_its_state_atomically_at_every_stage(runs, tmp_path, capsys):
+    """created (config written) -> training -> finished | interrupted | failed, in status.json;
+    a run killed at once is created or training, and its resume finishes it."""
+    for name in ("fit", "density", "vae", "nlpca", "cavi"):
+        status = read_status(runs / name)
+        assert status["state"] == "finished", name
+        assert set(status) >= {"state", "time"}
+    killed = tmp_path / "killed"
+    argv = [*FIT, "--iters", "100"]
+    _run_killed([*argv, "--out", str(killed)], killed, random.Random(0), early=True)
+    assert read_status(killed)["state"] in STATES[:2]  # created or training
+    assert main(["fit", "--resume", str(killed), "--quiet"]) == 0
+    assert read_status(killed)["state"] == "finished"
+    # a target whose log density is NaN everywhere: the run stops and says why
+    (tmp_path / "broken.py").write_text(
+        "import torch\n\ndef log_p(z):\n    return torch.full(z.shape[:-1], float('nan'))\n"
+    )
+    failed = tmp_path / "failed"
+    target = f"{tmp_path / 'broken.py'}:log_p"
+    code = main(["fit", "--target", target, "--dim", "2", "--iters", "50", "--quiet",
+                 "--out", str(failed)])  # fmt: skip
+    assert code == 3
+    status = read_status(failed)
+    assert status["state"] == "failed" and "NonFiniteLossError" in status["error"]
+    assert not list(failed.glob(".*.tmp"))  # every state written whole, no temporary left
 
 
 # ----------------------------------------------------------------------------- load of every kind

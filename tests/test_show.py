@@ -13,11 +13,8 @@ import math
 import pytest
 import torch
 
-from flowvi.cli import main
-from flowvi.distributions import BoxUniform
-from flowvi.flows import NormalizingFlow
-from flowvi.metrics import cell_area
-from flowvi.show import (
+from flowvi.app.cli import main
+from flowvi.app.show import (
     GAUSS_RADIUS,
     ShowConfig,
     base_module,
@@ -30,6 +27,9 @@ from flowvi.show import (
     random_parameters,
     square_box,
 )
+from flowvi.distributions import BoxUniform
+from flowvi.flows import NormalizingFlow
+from flowvi.metrics import cell_area
 
 F64 = torch.float64
 

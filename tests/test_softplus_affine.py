@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch.autograd.functional import jacobian
 
-from flowvi.density_run import DensityConfig
+from flowvi.app.density import DensityConfig
 from flowvi.flows import IAF, MAF, RealNVP, build, describe, rebuild
 from flowvi.transforms.transformers import TRANSFORMERS, SoftplusAffineTransformer
 

@@ -250,7 +250,7 @@ def test_layer_statistics_split_the_flow_log_density_and_see_translations():
 def test_cli_train_eval_end_to_end_and_resume_equals_uninterrupted(tmp_path, capsys):
     import json
 
-    from flowvi.cli import main
+    from flowvi.app.cli import main
 
     flags = [*TINY_VAE, "--binarize", "dynamic", "--posterior", "planar", "--quiet"]
     full, part = tmp_path / "full", tmp_path / "part"
@@ -290,7 +290,7 @@ def test_cli_train_eval_end_to_end_and_resume_equals_uninterrupted(tmp_path, cap
 
 
 def test_cli_refuses_bad_settings(tmp_path, capsys):
-    from flowvi.cli import main
+    from flowvi.app.cli import main
 
     assert main(["vae", "train", "--posterior", "nope", "--out", str(tmp_path / "a")]) == 2
     assert "posterior" in capsys.readouterr().err
@@ -304,7 +304,7 @@ def test_cli_refuses_bad_settings(tmp_path, capsys):
 def test_eval_refuses_a_sample_count_that_is_not_positive_before_reading_the_run(
     tmp_path, option, value
 ):
-    from flowvi.vae.run import evaluate_vae
+    from flowvi.app.vae import evaluate_vae
 
     with pytest.raises(ValueError, match=rf"--{option} .* must be a positive integer"):
         evaluate_vae(tmp_path / "not-read", **{option: value})
@@ -326,8 +326,9 @@ def test_flow_context_projects_only_the_layers_context():
 def test_compile_is_refused_where_it_cannot_run(tmp_path, monkeypatch):
     """--compile implements Adam in one process: other optimizers and torchrun are refused
     before any work starts."""
-    import flowvi.vae.run as run
-    from flowvi.vae.run import VAEConfig, run_vae
+    import flowvi.app.vae as run
+    from flowvi.app.vae import run_vae
+    from flowvi.vae.config import VAEConfig
 
     with pytest.raises(ValueError, match="Adam"):
         VAEConfig(compile=True, optimizer="rmsprop").validate()
@@ -342,8 +343,8 @@ def test_compiled_training_matches_eager(tmp_path):
     float rounding (here a projected planar posterior with the split KL and KL warm-up)."""
     import warnings
 
-    from flowvi.cli import main
-    from flowvi.vae.run import make_vae, vae_config
+    from flowvi.app.cli import main
+    from flowvi.vae.config import make_vae, vae_config
 
     flags = [*TINY_VAE, "--posterior", "planar", "--flow-context", "3", "--kl", "split"]
     flags += ["--epochs", "2", "--warmup", "1", "--quiet"]
@@ -364,7 +365,7 @@ def test_compiled_training_matches_eager(tmp_path):
 def test_kl_warm_up_may_start_from_zero():
     """β from 0 (Bowman et al. 2016) or 0.01 to 1; the reverse-KL fit keeps β0 > 0."""
     from flowvi.objectives import beta_schedule
-    from flowvi.vae.run import VAEConfig
+    from flowvi.vae.config import VAEConfig
 
     VAEConfig(beta0=0.0).validate()
     with pytest.raises(ValueError, match="beta0"):
@@ -381,8 +382,8 @@ def test_kl_estimate_is_a_setting(tmp_path):
     setting of the saved model."""
     import json
 
-    from flowvi.cli import main
-    from flowvi.vae.run import VAEConfig, load_vae
+    from flowvi.app.cli import main
+    from flowvi.vae.config import VAEConfig, load_vae
 
     with pytest.raises(ValueError, match="KL estimate"):
         VAEConfig(kl="exact").validate()

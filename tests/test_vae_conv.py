@@ -6,9 +6,10 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+from flowvi.app.vae import run_vae
 from flowvi.train import train
+from flowvi.vae.config import VAEConfig, make_vae
 from flowvi.vae.networks import ConvBernoulliDecoder, ConvEncoder, GatedConv2d
-from flowvi.vae.run import VAEConfig, make_vae, run_vae
 
 
 def test_gated_convolution_is_value_times_sigmoid_gate():
@@ -87,7 +88,7 @@ def test_one_training_step_on_28x28_lowers_the_loss_and_reaches_every_parameter(
 
 
 def test_conv_run_on_digits_trains_and_reloads(tmp_path):
-    from flowvi.vae.run import load_vae
+    from flowvi.vae.config import load_vae
 
     config = VAEConfig(network="conv", posterior="planar", length=2, latent=4, epochs=1)
     summary = run_vae(config, tmp_path / "run", progress=False)

@@ -9,9 +9,10 @@ import pytest
 import torch
 from torch.distributions import MultivariateNormal, kl_divergence
 
+from flowvi.app.vae import evaluate_vae, run_vae
 from flowvi.vae import VAE, Encoder, LinearGaussianDecoder, make_posterior
+from flowvi.vae.config import VAEConfig
 from flowvi.vae.latent2d import posterior_grids
-from flowvi.vae.run import VAEConfig, evaluate_vae, run_vae
 
 
 def _model(family: str, d: int = 2) -> tuple[VAE, torch.Tensor]:

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from flowvi.vae import PixelLikelihood
+from flowvi.vae.config import VAEConfig
 from flowvi.vae.data import load_binary
-from flowvi.vae.run import VAEConfig
 
 
 def _out(n=5, D=3, seed=0):
@@ -67,7 +67,7 @@ def test_config_takes_the_likelihoods_own_binarization_and_refuses_mismatches():
 
 @pytest.mark.parametrize("kind", ["continuous-bernoulli", "gaussian"])
 def test_cli_trains_and_evaluates_a_grey_level_vae(tmp_path, kind):
-    from flowvi.cli import main
+    from flowvi.app.cli import main
 
     out = tmp_path / kind
     flags = ["--latent", "2", "--hidden", "32", "--posterior", "planar", "--length", "2"]

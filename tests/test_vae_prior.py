@@ -118,8 +118,8 @@ def test_make_prior_choices_and_errors():
 def test_cli_flow_prior_round_trips_through_the_run_directory(tmp_path):
     from safetensors.torch import load_file
 
-    from flowvi.cli import main
-    from flowvi.vae.run import load_vae
+    from flowvi.app.cli import main
+    from flowvi.vae.config import load_vae
 
     out = tmp_path / "run"
     flags = ["--latent", "2", "--hidden", "16", "--posterior", "diagonal", "--batch-size", "400"]

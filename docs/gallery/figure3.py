@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from flowvi.cli import main
+from flowvi.app.cli import main
 
 
 def arguments(out: str, *, quick: bool) -> list[str]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from flowvi.cli import main
+from flowvi.app.cli import main
 
 POSTERIORS = {"planar": "--length 10", "diagonal": "", "iaf": "--length 4"}
 

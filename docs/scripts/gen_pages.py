@@ -1,7 +1,7 @@
 """Pages generated at build time (mkdocs-gen-files), so that they cannot drift from the code.
 
 - ``cli.md``: the help of ``flowvi`` and of every subcommand, ``vae train/eval/gap`` included,
-  rendered from the parser itself (``flowvi.cli._parser()``), at a fixed width of 82 columns.
+  rendered from the parser itself (``flowvi.app.cli.parser()``), at a fixed width of 82 columns.
 - ``benchmarks.md``: ``benchmarks/RESULTS.md`` as it is, its image links pointed at copies of
   the pictures it shows (``assets/results/``).
 
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import mkdocs_gen_files
 
-from flowvi.cli import _parser
+from flowvi.app.cli import parser as flowvi_parser
 
 ROOT = Path(__file__).resolve().parents[2]
 WIDTH = "82"  # argparse wraps at the terminal's width: fixed, to fit the page's column
@@ -40,11 +40,11 @@ def cli_reference() -> str:
     previous = os.environ.get("COLUMNS")
     os.environ["COLUMNS"] = WIDTH
     try:
-        root = _parser()
+        root = flowvi_parser()
         lines = [
             "# CLI reference\n",
             "Generated when the site is built, from the parser of the `flowvi` command itself "
-            "(`flowvi.cli._parser()`): each block below is exactly what `--help` prints. The "
+            "(`flowvi.app.cli.parser()`): each block below is exactly what `--help` prints. The "
             "[user guide](guide/fit.md) explains the commands with examples.\n",
             "## flowvi\n",
             _help_block(root),

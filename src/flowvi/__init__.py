@@ -1,5 +1,7 @@
 """flowvi: variational inference with normalizing flows, on PyTorch."""
 
+import importlib.metadata
+
 from flowvi import distributions, flows, targets, transforms
 from flowvi.fitting import fit
 from flowvi.flows import NormalizingFlow
@@ -20,7 +22,7 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'flowvi' has no attribute {name!r}")
 
 
-__version__ = "0.1.0"
+__version__ = importlib.metadata.version("flowvi")  # one source: pyproject.toml
 
 __all__ = [
     "NormalizingFlow",

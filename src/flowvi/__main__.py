@@ -2,6 +2,6 @@
 
 import sys
 
-from flowvi.cli import main
+from flowvi.app.cli import main
 
 sys.exit(main())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import platform
@@ -9,6 +11,8 @@ import secrets
 import stat
 import warnings
 from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime, timezone
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +24,16 @@ from torch import Tensor
 from flowvi.flows import NormalizingFlow, describe, rebuild
 
 CONFIG, WEIGHTS = "config.json", "model.safetensors"
-CHECKPOINT = "checkpoint.safetensors"
+CHECKPOINT, STATUS = "checkpoint.safetensors", "status.json"
+
+# a run's states, recorded in status.json: config written, nothing trained yet; training
+# (checkpoints hold its progress; a killed run stays here); finished; stopped by Ctrl-C after
+# its checkpoint; failed (the message says why)
+STATES = ("created", "training", "finished", "interrupted", "failed")
 
 # runs whose config.json names a model that is not a flow, and where their loader lives
 _OTHER_MODELS = {
-    "vae": "flowvi.vae.run.load_vae",
+    "vae": "flowvi.vae.config.load_vae",
     "nlpca": "flowvi.vae.pca.load_nlpca",
 }
 
@@ -207,17 +216,29 @@ def check_checkpoint(
     return iteration
 
 
-def check_iterations(done: int | None, iters: int, *, directory: str | Path, flag: str) -> None:
+def check_iterations(
+    done: int | None, iters: int, *, directory: str | Path, flag: str, per_epoch: int = 0
+) -> None:
     """Refuse to resume a run to fewer iterations than it has done.
+
+    ``per_epoch``: iterations per epoch, for a run counted in epochs (``flag`` gives epochs,
+    ``iters`` is ``epochs * per_epoch``); 0 for a run counted in iterations.
 
     Raises:
         ValueError: if ``iters < done``, naming the count done.
     """
-    if done is not None and iters < done:
+    if done is None or iters >= done:
+        return
+    if per_epoch:
+        epochs = -(-done // per_epoch)
         raise ValueError(
-            f"{flag} {iters} is below the {done} iterations already done in {directory}: give "
-            f"{flag} {done} or more (a run is never cut back)"
+            f"{flag} {iters // per_epoch} is below the {epochs} epochs ({done} iterations) "
+            f"already done in {directory}: give {flag} {epochs} or more (a run is never cut back)"
         )
+    raise ValueError(
+        f"{flag} {iters} is below the {done} iterations already done in {directory}: give "
+        f"{flag} {done} or more (a run is never cut back)"
+    )
 
 
 def available_memory(device: torch.device | None = None) -> int | None:
@@ -254,10 +275,8 @@ def check_memory(nbytes: float, what: str, device: torch.device | None = None) -
 
 def versions() -> dict[str, str]:
     """The versions a run records in its ``config.json``: flowvi, torch, Python."""
-    import flowvi  # the package's own version; imported here, as flowvi imports this module
-
     return {
-        "flowvi": flowvi.__version__,
+        "flowvi": version("flowvi"),
         "torch": torch.__version__,
         "python": platform.python_version(),
     }
@@ -328,6 +347,7 @@ def write_config(
     path = Path(directory) / CONFIG
     if not resume:
         write_json(path, record)
+        write_status(directory, "created")
         return
     saved = read_config(directory)
     updated = dict(saved)
@@ -338,6 +358,39 @@ def write_config(
             updated[key] = record[key]
     if updated != saved:
         write_json(path, updated)
+
+
+def write_status(directory: str | Path, state: str, **info: Any) -> None:
+    """Record a run's state (one of :data:`STATES`) in its ``status.json``, atomically, with
+    the time and ``info`` (e.g. ``iteration``, ``error``).
+
+    Raises:
+        ValueError: for a state not in :data:`STATES`.
+    """
+    if state not in STATES:
+        raise ValueError(f"unknown run state {state!r}; one of {', '.join(STATES)}")
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    write_json(Path(directory) / STATUS, {"state": state, "time": now, **info})
+
+
+def read_status(directory: str | Path) -> dict[str, Any]:
+    """A run's ``status.json`` (``{"state": ..., "time": ..., ...}``); ``{"state": None}`` for
+    a run written before flowvi recorded states, or a file that cannot be read."""
+    try:
+        status = json.loads((Path(directory) / STATUS).read_text())
+    except (OSError, ValueError):
+        return {"state": None}
+    return status if isinstance(status, dict) else {"state": None}
+
+
+def write_csv(path: str | Path, header: Iterable[str], rows: Iterable[Iterable[Any]]) -> None:
+    """Write a table as CSV (a header line, then one line per row), atomically."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(header)
+    writer.writerows(rows)
+    text = buffer.getvalue()
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def read_json(path: str | Path) -> dict[str, Any]:

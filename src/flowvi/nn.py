@@ -11,7 +11,7 @@ from torch import Tensor, nn
 _is_compiling = getattr(torch.compiler, "is_compiling", lambda: False)  # torch >= 2.3
 
 
-def _with_context(x: Tensor, context: Tensor | None) -> Tensor:
+def with_context(x: Tensor, context: Tensor | None) -> Tensor:
     """``x: (*batch, n)`` with the context ``(*cbatch, c)`` broadcast and appended."""
     if context is None:
         return x
@@ -188,7 +188,7 @@ class MADE(nn.Module):
         nn.init.zeros_(layers[-1].bias)
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
-        out = self.net(_with_context(x, context))
+        out = self.net(with_context(x, context))
         return out.unflatten(-1, (self.d, self.k))
 
 
@@ -265,7 +265,7 @@ class RecurrentConditioner(nn.Module):
             ctx = ctx.unsqueeze(1).expand(-1, self.d, -1)
             inputs = torch.cat([inputs, ctx], -1)
         states, _ = self.gru(inputs)
-        params = self.head(_with_context(states, ctx))[:, self.rank]
+        params = self.head(with_context(states, ctx))[:, self.rank]
         return params.reshape(*batch, self.d, self.k)
 
     def step(
@@ -284,5 +284,5 @@ class RecurrentConditioner(nn.Module):
         if ctx is not None:
             inputs = torch.cat([inputs, ctx], -1)
         out, state = self.gru(inputs.unsqueeze(1), state)
-        params = self.head(_with_context(out.squeeze(1), ctx))
+        params = self.head(with_context(out.squeeze(1), ctx))
         return params.reshape(*batch, self.k), state

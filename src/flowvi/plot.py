@@ -348,7 +348,7 @@ def variance_figure(rows: Sequence[dict], path: str | Path, *, titles: dict | No
 
     One panel per ``row["problem"]`` and one line per ``row["estimator"]`` (legend), points at
     ``row["samples"]``; ``row["variance_theory"]`` (where not ``None``) dashed in the same
-    colour. The rows are those of :func:`flowvi.inference.estimators.run_estimators`.
+    colour. The rows are those of :func:`flowvi.app.estimators.run_estimators`.
 
     Args:
         rows: dicts with ``problem``, ``estimator``, ``samples``, ``variance`` and optionally

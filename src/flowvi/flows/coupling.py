@@ -16,7 +16,7 @@ from torch import Tensor
 
 from flowvi._checks import check_choice, check_hidden
 from flowvi.flows.base import TransformerLayer
-from flowvi.nn import MLP, _with_context
+from flowvi.nn import MLP, with_context
 from flowvi.transforms.base import Transform
 from flowvi.transforms.coupling import CouplingTransform, contiguous_parts
 
@@ -150,7 +150,7 @@ class Coupling(TransformerLayer):
         context = self.check_context(context)
 
         def conditioner(x_a: Tensor) -> Tensor:
-            return self.net(_with_context(x_a, context)).unflatten(-1, (-1, self.k))
+            return self.net(with_context(x_a, context)).unflatten(-1, (-1, self.k))
 
         a, b = self._slices or (self.index_a, self.index_b)
         return CouplingTransform(a, b, conditioner, self.transformer, self.join_order)

@@ -102,11 +102,11 @@ def update_locals(x: Tensor, means: Tensor, variances: Tensor) -> Tensor:
     Returns:
         log responsibilities :math:`\ln\varphi`, shape ``(N, K)``, each row normalized.
     """
-    _, shifted, log_norm = _local_step(x, means, variances)
+    _, shifted, log_norm = local_step(x, means, variances)
     return (shifted - log_norm).T
 
 
-def _local_step(x: Tensor, means: Tensor, variances: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def local_step(x: Tensor, means: Tensor, variances: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     r"""The local step in the ``(K, N)`` layout, where the normalization over ``K`` is ``K - 1``
     elementwise operations on rows of length ``N`` (a softmax over a short last axis is several
     times slower).
@@ -174,7 +174,7 @@ def mixture_elbo(
     x = check_data(x)
     means, variances = means.to(x), variances.to(x)
     if log_resp is None:
-        resp, shifted, log_norm = _local_step(x, means, variances)  # φᵀ, (K, N)
+        resp, shifted, log_norm = local_step(x, means, variances)  # φᵀ, (K, N)
         neg_entropy = torch.dot(resp.reshape(-1), shifted.reshape(-1)) - log_norm.sum()
     else:
         if log_resp.shape != (x.shape[0], means.shape[0]):
@@ -458,7 +458,7 @@ def _run(x: Tensor, resp0: Tensor, *, prior_std: float, tol: float, max_iter: in
     converged = False
     for _ in range(max_iter):
         # 1. local step: φ from the current q(μ), in the (K, N) layout
-        resp, shifted, log_norm = _local_step(x, means, variances)
+        resp, shifted, log_norm = local_step(x, means, variances)
         # 2. global step: q(μ) from the sufficient statistics of φ
         counts, sums = resp.sum(1), resp @ x
         means, variances = _globals(counts, sums, prior_var)

@@ -1,4 +1,5 @@
-r"""Variance of gradient estimators against the number of samples: ``flowvi estimators``.
+r"""Variance of gradient estimators against the number of samples (the studies behind
+``flowvi estimators``, :mod:`flowvi.app.estimators`).
 
 Two problems, each estimated ``repeats`` times independently at every sample size :math:`S`:
 
@@ -21,26 +22,16 @@ Two problems, each estimated ``repeats`` times independently at every sample siz
    under a Gaussian guide is log-normal): two independent sets of 400 repeats gave variances
    differing by up to 3×, hence the default of 1000 repeats; read factors, not digits.
 
-Writes ``estimators.json``, ``estimators.csv`` and ``estimators.png`` (log-log variance vs
-:math:`S`).
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
-from flowvi._checks import check_dim
-from flowvi.inference.bbvi import MeanField, NormalFactors, elbo_gradient, fit_bbvi
-from flowvi.targets import EightSchools
+from flowvi.inference.bbvi import MeanField, NormalFactors, elbo_gradient
 
 ESTIMATOR_SETTINGS = {
     "score": {"estimator": "score", "rao_blackwell": False, "control_variates": False},
@@ -60,37 +51,6 @@ COLUMNS = (
     "reduction",
     "max_z",
 )
-
-
-@dataclass(frozen=True)
-class EstimatorsConfig:
-    """Settings of ``flowvi estimators``; saved in ``estimators.json``."""
-
-    samples: tuple[int, ...] = field(
-        default=(4, 16, 64, 256, 1024),
-        metadata={"help": "sample sizes S, e.g. 4,16,64 (each >= 3)"},
-    )
-    repeats: int = field(default=1000, metadata={"help": "independent estimates per S"})
-    mu: float = field(default=1.0, metadata={"help": "μ of the X² exercise"})
-    fit_iters: int = field(
-        default=1500, metadata={"help": "iterations fitting the eight-schools guide first"}
-    )
-    seed: int = field(default=0, metadata={"help": "random seed"})
-
-    def validate(self) -> None:
-        """Raises ``ValueError`` for sample sizes below 3 (the leave-one-out control variate
-        needs two other samples), non-positive counts, or a ``mu`` that is not a finite
-        number."""
-        if isinstance(self.mu, bool) or not isinstance(self.mu, int | float):
-            raise ValueError(f"--mu must be a finite number, got {self.mu!r}")
-        if not math.isfinite(self.mu):
-            raise ValueError(f"--mu must be a finite number, got {self.mu}")
-        if not self.samples or min(self.samples) < 3:
-            raise ValueError(f"every sample size must be >= 3, got {self.samples}")
-        check_dim(self.repeats, "--repeats")
-        if self.repeats < 2:
-            raise ValueError("--repeats must be at least 2 to estimate a variance")
-        check_dim(self.fit_iters, "--fit-iters")
 
 
 def toy_theory(mu: float) -> dict[str, float]:
@@ -183,56 +143,3 @@ def model_study(
                 }
             )
     return rows
-
-
-def run_estimators(
-    config: EstimatorsConfig, directory: str | Path, *, progress: bool = True
-) -> dict:
-    """Run both studies and write ``estimators.{json,csv,png}`` to ``directory``, with a
-    progress bar (tqdm, on standard error) over the sample sizes of each study and the guide's
-    fit unless ``progress`` is false.
-
-    Returns:
-        ``{"config": ..., "rows": [...]}`` as written to the JSON file.
-    """
-    from flowvi.plot import variance_figure
-
-    config.validate()
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(config.seed)
-
-    def sizes(desc: str):
-        return tqdm(config.samples, desc=f"estimators: {desc}", disable=not progress)
-
-    rows = toy_study(sizes("toy, per S"), repeats=config.repeats, mu=config.mu)
-    target = EightSchools()
-    guide = MeanField([NormalFactors(target.dim)]).double()
-    fit_bbvi(
-        guide,
-        target,
-        iters=config.fit_iters,
-        samples=32,
-        lr=1e-2,
-        estimator="stl",
-        progress=progress,
-    )
-    rows += model_study(
-        target, guide, sizes("eight schools, per S"), repeats=config.repeats, local=target.local
-    )
-    result = {"config": asdict(config), "rows": rows}
-    (directory / "estimators.json").write_text(json.dumps(result, indent=2) + "\n")
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-    (directory / "estimators.csv").write_text(buffer.getvalue())
-    variance_figure(
-        rows,
-        directory / "estimators.png",
-        titles={
-            "toy": f"∇_μ E_N(μ,1)[X²], μ = {config.mu:g} (dashed: theory)",
-            "eight-schools": "eight schools ELBO, mean-field guide at its optimum",
-        },
-    )
-    return result

@@ -41,10 +41,10 @@ from torch import Tensor
 from flowvi._checks import check_choice, check_dim
 from flowvi.inference.cavi import (
     INITS,
-    _local_step,
     check_data,
     check_prior_std,
     initial_responsibilities,
+    local_step,
     log_predictive,
     mixture_elbo,
 )
@@ -76,7 +76,7 @@ def intermediate_params(
     Returns:
         ``(η, precision)``: shapes ``(K, d)``, ``(K,)``.
     """
-    resp = _local_step(batch, means, variances)[0]  # φᵀ, (K, B)
+    resp = local_step(batch, means, variances)[0]  # φᵀ, (K, B)
     scale = n / batch.shape[0]
     return scale * (resp @ batch), 1 / prior_std**2 + scale * resp.sum(1)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -34,6 +35,14 @@ class BinarySplits:
         """The training images ``index``, binarized afresh (torch's global generator) if dynamic."""
         x = self.train[index]
         return torch.bernoulli(x) if self.dynamic else x
+
+    def facts(self) -> dict[str, Any]:
+        """What a run records of its data: pixels ``D``, ``image_shape`` and the split sizes."""
+        return {
+            "D": self.train.shape[1],
+            "image_shape": list(self.image_shape),
+            "n": {"train": len(self.train), "valid": len(self.valid), "test": len(self.test)},
+        }
 
 
 def load_binary(

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,7 +26,6 @@ from flowvi.ais import ANNEALING_SCHEDULES, AISResult, ais, reverse_ais
 from flowvi.flows import NormalizingFlow
 from flowvi.flows.base import ParametricLayer
 from flowvi.flows.flow import FlowDistribution
-from flowvi.io import write_json
 from flowvi.vae.evaluate import mean_and_se
 from flowvi.vae.model import VAE
 from flowvi.vae.posterior import GaussianBase
@@ -461,64 +459,3 @@ def inference_gap(
         "settings": asdict(settings),
         "units": "nats per datapoint; se = standard error of the mean over datapoints",
     }
-
-
-def gap_run(
-    directory: str | Path,
-    *,
-    n: int = 100,
-    settings: GapSettings = GapSettings(),
-    device: str = "cpu",
-    seed: int = 0,
-    progress: bool = False,
-) -> dict[str, Any]:
-    """:func:`inference_gap` on the first ``n`` test images of a ``flowvi vae train`` run;
-    written to ``gap.json`` in the run directory and returned.
-
-    Raises:
-        ValueError: if ``directory`` holds no finished run or ``n`` is not a positive integer.
-    """
-    from flowvi.settings import DTYPES
-    from flowvi.vae.run import _splits, load_vae
-
-    check_dim(n, "--n")
-    settings.validate()
-    model, config = load_vae(directory, device=device)
-    x = _splits(config).test[:n]
-    x = x.to(device=next(model.parameters()).device, dtype=DTYPES[config.dtype])
-    torch.manual_seed(seed)
-    result = inference_gap(model, x, settings, progress=progress)
-    run = {"run": str(directory), "posterior": config.posterior, "length": config.length}
-    result |= run | {"data": config.data, "seed": seed}
-    write_json(Path(directory) / GAP_JSON, result)
-    return result
-
-
-ROWS = (
-    ("log_px", "ln p(x) (AIS)"),
-    ("L_qstar", "L[q*]"),
-    ("L_q", "L[q]"),
-    ("approximation", "approximation gap"),
-    ("amortization", "amortization gap"),
-    ("inference", "inference gap"),
-)
-
-
-def gap_table(results: list[dict[str, Any]]) -> str:
-    """The Cremer-style table of one or more :func:`gap_run` results, one column per run."""
-    names = [
-        r["posterior"] + ("" if r["posterior"] == "diagonal" else f" K={r['length']}")
-        for r in results
-    ]
-    width = max(22, *(len(s) + 2 for s in names))
-    lines = [f"{'nats per image':<20}" + "".join(f"{s:>{width}}" for s in names)]
-    for key, label in ROWS:
-        cells = [
-            f"{r['summary'][key]['mean']:.2f} ± {r['summary'][key]['se']:.2f}" for r in results
-        ]
-        lines.append(f"{label:<20}" + "".join(f"{c:>{width}}" for c in cells))
-    lines.append(
-        f"{'seconds per image':<20}"
-        + "".join(f"{r['seconds_per_point']:>{width}.2f}" for r in results)
-    )
-    return "\n".join(lines)

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import csv
-import io as _io
+import argparse
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +14,12 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from flowvi._checks import check_choice, check_dim
+from flowvi.app.options import command, given, output
+from flowvi.app.rundir import record, training
 from flowvi.data import read_table
 from flowvi.inference.cavi import INITS, CAVIResult, cavi, check_prior_std, simulate, update_locals
 from flowvi.inference.svi import SVIResult, svi
-from flowvi.io import CONFIG, atomic_write, check_memory, run_directory, versions, write_json
+from flowvi.io import check_memory, run_directory, write_csv, write_json
 from flowvi.settings import resolve_device
 
 METHODS = ("cavi", "svi")
@@ -166,52 +167,52 @@ def run_cavi(
         )
     device = resolve_device(config.device)
     train, test = train.to(device), test.to(device)
-    record = asdict(config) | {"kind": "cavi"} | _provenance(train, test, device)
-    write_json(directory / CONFIG, record)
-    start = time.perf_counter()
-    if config.method == "cavi":
-        fit = cavi(
-            train,
-            config.k,
-            prior_std=config.prior_std,
-            init=config.init,
-            restarts=config.restarts,
-            tol=config.tol,
-            max_iter=config.max_iter,
-            seed=config.seed,
-        )
-        seconds = time.perf_counter() - start
-        metrics = _metrics(fit, test, seconds)
-        header = ["iteration", "elbo", "elbo_per_datum"]
-        rows = [(t, v, v / fit.n) for t, v in enumerate(fit.trace.tolist(), 1)]
-        labels = fit.log_resp.argmax(-1)
-    else:
-        restarts = tqdm(range(config.restarts), desc="SVI restarts", disable=not progress)
-        fits = [_svi(train, config, config.seed + r) for r in restarts]
-        best = max(range(len(fits)), key=lambda r: fits[r].elbo)
-        fit = fits[best]
-        seconds = time.perf_counter() - start
-        metrics = _svi_metrics(fit, [f.elbo for f in fits], best, test, seconds)
-        header = ["step", "examples", "rho", "elbo", "elbo_per_datum"]
-        rows = [(int(t), int(e), rho, v, v / fit.n) for t, e, rho, v in fit.trace.tolist()]
-        labels = update_locals(train, fit.means, fit.variances).argmax(-1)
-    _write_trace(directory / "trace.csv", header, rows)
-    write_json(directory / "metrics.json", metrics)
-    if train.shape[1] == 2:
-        from flowvi.plot import mixture_figure  # matplotlib only when a figure is drawn
+    facts = {"d": train.shape[1], "train_points": len(train), "test_points": len(test)}
+    with training(directory, record(config, "cavi", device, **facts), resume=False):
+        start = time.perf_counter()
+        if config.method == "cavi":
+            fit = cavi(
+                train,
+                config.k,
+                prior_std=config.prior_std,
+                init=config.init,
+                restarts=config.restarts,
+                tol=config.tol,
+                max_iter=config.max_iter,
+                seed=config.seed,
+            )
+            seconds = time.perf_counter() - start
+            metrics = _metrics(fit, test, seconds)
+            header = ["iteration", "elbo", "elbo_per_datum"]
+            rows = [(t, v, v / fit.n) for t, v in enumerate(fit.trace.tolist(), 1)]
+            labels = fit.log_resp.argmax(-1)
+        else:
+            restarts = tqdm(range(config.restarts), desc="SVI restarts", disable=not progress)
+            fits = [_svi(train, config, config.seed + r) for r in restarts]
+            best = max(range(len(fits)), key=lambda r: fits[r].elbo)
+            fit = fits[best]
+            seconds = time.perf_counter() - start
+            metrics = _svi_metrics(fit, [f.elbo for f in fits], best, test, seconds)
+            header = ["step", "examples", "rho", "elbo", "elbo_per_datum"]
+            rows = [(int(t), int(e), rho, v, v / fit.n) for t, e, rho, v in fit.trace.tolist()]
+            labels = update_locals(train, fit.means, fit.variances).argmax(-1)
+        write_csv(directory / "trace.csv", header, rows)
+        write_json(directory / "metrics.json", metrics)
+        if train.shape[1] == 2:
+            from flowvi.plot import mixture_figure  # matplotlib only when a figure is drawn
 
-        mixture_figure(
-            train,
-            fit.means,
-            fit.variances,
-            directory / "components.png",
-            labels=labels,
-            title=(
-                f"{config.method.upper()}, K = {config.k}: "
-                f"ELBO {metrics['elbo_per_datum']:.3f} nats/point, "
-                f"held-out {metrics['heldout_log_predictive']:.3f}"
-            ),
-        )
+            mixture_figure(
+                train,
+                fit.means,
+                fit.variances,
+                directory / "components.png",
+                labels=labels,
+                title=(
+                    f"{config.method.upper()}, K = {config.k}: "
+                    f"ELBO {metrics['elbo_per_datum']:.3f} nats/point, "
+                    f"held-out {metrics['heldout_log_predictive']:.3f}"
+                ),
+            )
     return metrics
 
 
@@ -286,21 +287,42 @@ def _metrics(fit: CAVIResult, test: Tensor, seconds: float) -> dict[str, Any]:
     }
 
 
-def _provenance(train: Tensor, test: Tensor, device: torch.device) -> dict[str, Any]:
-    return {
-        "d": train.shape[1],
-        "train_points": len(train),
-        "test_points": len(test),
-        "resolved_device": str(device),
-        "versions": versions(),
-    }
+def add_command(commands: Any) -> None:
+    """``flowvi cavi``."""
+    command(
+        commands,
+        "cavi",
+        _cavi,
+        config=CAVIConfig,
+        out="cavi",
+        help="CAVI or SVI for a Bayesian mixture of unit-variance Gaussians (Blei et al. 2017)",
+        description=(
+            "Coordinate-ascent variational inference for the Bayesian mixture of K "
+            "unit-variance Gaussians with N(0, σ² I) priors on the means (Blei, Kucukelbir & "
+            "McAuliffe 2017, Section 3), keeping the best ELBO of several random restarts. "
+            "Writes config.json, metrics.json (ELBO, per datum, iterations, restarts, held-out "
+            "log predictive density per datum), trace.csv (the ELBO per iteration) and, for "
+            "2-D data, components.png. With no --data: points simulated from the model. "
+            "--method svi fits the same model by stochastic VI (Hoffman et al. 2013) from "
+            "minibatches, for data too large for full passes."
+        ),
+    )
 
 
-def _write_trace(path: Path, header: list[str], rows: list[tuple]) -> None:
-    buffer = _io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(header)
-    for row in rows:
-        writer.writerow([v if isinstance(v, int) else repr(v) for v in row])
-    text = buffer.getvalue()
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+def _cavi(args: argparse.Namespace) -> int:
+    config = CAVIConfig(**given(args, CAVIConfig))
+    config.validate()
+    directory = output(args, config.method)
+    m = run_cavi(config, directory, progress=not args.quiet)
+    if config.method == "cavi":
+        state = "converged" if m["converged"] else "not converged"
+        work = f"{m['iterations']} iterations ({state})"
+    else:
+        work = f"{m['steps']} steps, {m['epochs']:.3g} epochs"
+    print(
+        f"ELBO {m['elbo']:.4f} nats ({m['elbo_per_datum']:.4f} per point, {m['n_train']} "
+        f"points), {work}, best of {m['restarts']} restarts; "
+        f"held-out log predictive {m['heldout_log_predictive']:.4f} "
+        f"± {m['heldout_log_predictive_se']:.4f} nats per point -> {directory}"
+    )
+    return 0

@@ -1,11 +1,11 @@
-"""A reverse-KL fit as a run: resolved configuration in, a directory of results out."""
+"""``flowvi fit``: reverse-KL fits as runs, a resolved configuration in, a directory of results
+out; several targets give one run each and a figure of all."""
 
 from __future__ import annotations
 
-import csv
-import io as _io
+import argparse
 import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -15,23 +15,25 @@ import flowvi
 from flowvi import targets
 from flowvi._checks import check_choice, check_dim
 from flowvi._imports import load_object
+from flowvi.app.options import command, given, output
+from flowvi.app.rundir import record, training
 from flowvi.data.tables import read_arrays
 from flowvi.fitting import annealing_iters, fit
 from flowvi.flows import MASKS, ORDERS, describe
 from flowvi.inference.guides import initialize
 from flowvi.io import (
     CHECKPOINT,
-    atomic_write,
+    CONFIG,
     check_checkpoint,
     check_iterations,
     check_memory,
+    check_output,
     checkpoint_iteration,
     load,
     read_json,
     run_directory,
     save_weights,
-    versions,
-    write_config,
+    write_csv,
     write_json,
 )
 from flowvi.metrics import evaluate
@@ -261,48 +263,50 @@ def run_fit(
     if resume:  # every check before anything on disk changes
         done = check_checkpoint(directory, flow)
         check_iterations(done, config.iters, directory=directory, flag="--iters")
-    record = asdict(config) | {
-        "kind": "fit",
-        "dim": target.dim,
-        "confine": getattr(target, "confine", None),
-        "resolved_device": str(device),
-        "versions": versions(),
-        "model": describe(flow),
-    }
-    write_config(directory, record, resume=resume, changed=("iters",))
-    drop = DropPolicy()
-    trace = fit(
-        flow,
-        target,
-        iters=config.iters,
-        batch_size=config.batch_size,
-        lr=config.lr,
-        optimizer=config.optimizer,
-        anneal=config.anneal,
-        beta0=config.beta0,
-        directory=directory,
-        resume=resume,
-        checkpoint_every=config.checkpoint_every,
-        progress=progress,
-        compile=config.compile,
-        drop=drop,
+    config_record = record(
+        config,
+        "fit",
+        device,
+        dim=target.dim,
+        confine=getattr(target, "confine", None),
+        model=describe(flow),
     )
-    save_weights(flow, directory, iteration=checkpoint_iteration(directory / CHECKPOINT) or 0)
-    _write_trace(directory / "trace.csv", trace, drop.dropped, config)
-    flow.eval()
-    metrics = evaluate(flow, target, samples=config.samples)
-    metrics["verdict"] = verdict(metrics)
-    metrics["dropped_samples"] = int(drop.dropped.sum())
-    metrics["dropped_iterations"] = int((drop.dropped > 0).sum())
-    table = None
-    if has_named_sites(target):
-        summary = summarize(flow, target, samples=min(config.samples, 4000))
-        summary.write(directory)
-        metrics["posterior"] = {k: v for k, v in summary.to_dict().items() if k != "rows"}
-        table = summary.table()
-    write_json(directory / "metrics.json", metrics)
-    if target.dim == 2 and target.box is not None:
-        fit_figure([(target, flow)], directory / "fit.png", titles=[caption(target.name, metrics)])
+    with training(directory, config_record, resume=resume, changed=("iters",)):
+        drop = DropPolicy()
+        trace = fit(
+            flow,
+            target,
+            iters=config.iters,
+            batch_size=config.batch_size,
+            lr=config.lr,
+            optimizer=config.optimizer,
+            anneal=config.anneal,
+            beta0=config.beta0,
+            directory=directory,
+            resume=resume,
+            checkpoint_every=config.checkpoint_every,
+            progress=progress,
+            compile=config.compile,
+            drop=drop,
+        )
+        save_weights(flow, directory, iteration=checkpoint_iteration(directory / CHECKPOINT) or 0)
+        _write_trace(directory / "trace.csv", trace, drop.dropped, config)
+        flow.eval()
+        metrics = evaluate(flow, target, samples=config.samples)
+        metrics["verdict"] = verdict(metrics)
+        metrics["dropped_samples"] = int(drop.dropped.sum())
+        metrics["dropped_iterations"] = int((drop.dropped > 0).sum())
+        table = None
+        if has_named_sites(target):
+            summary = summarize(flow, target, samples=min(config.samples, 4000))
+            summary.write(directory)
+            metrics["posterior"] = {k: v for k, v in summary.to_dict().items() if k != "rows"}
+            table = summary.table()
+        write_json(directory / "metrics.json", metrics)
+        if target.dim == 2 and target.box is not None:
+            fit_figure(
+                [(target, flow)], directory / "fit.png", titles=[caption(target.name, metrics)]
+            )
     return metrics if table is None else metrics | {"posterior_table": table}
 
 
@@ -356,16 +360,13 @@ def caption(name: str, metrics: dict[str, Any]) -> str:
 
 
 def _write_trace(path: Path, trace: torch.Tensor, dropped: torch.Tensor, config: FitConfig) -> None:
-    buffer = _io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["iteration", "beta", "free_energy", "dropped"])
     anneal_iters = annealing_iters(config.anneal, config.iters)
-    for t, (value, count) in enumerate(zip(trace.tolist(), dropped.tolist(), strict=True)):
-        if not math.isnan(value):
-            beta = beta_schedule(t, beta0=config.beta0, anneal_iters=anneal_iters)
-            writer.writerow([t, f"{beta:.6g}", f"{value:.6g}", count])
-    text = buffer.getvalue()
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+    rows = (
+        [t, f"{beta_schedule(t, beta0=config.beta0, anneal_iters=anneal_iters):.6g}", f"{v:.6g}", n]
+        for t, (v, n) in enumerate(zip(trace.tolist(), dropped.tolist(), strict=True))
+        if not math.isnan(v)
+    )
+    write_csv(path, ["iteration", "beta", "free_energy", "dropped"], rows)
 
 
 def load_fit(directory: str | Path):
@@ -373,3 +374,93 @@ def load_fit(directory: str | Path):
     directory = Path(directory)
     config = resume_config(directory)
     return load(directory), config.resolve_target(), read_json(directory / "metrics.json")
+
+
+def add_command(commands: Any) -> None:
+    """``flowvi fit``."""
+    parser = command(
+        commands,
+        "fit",
+        _fit,
+        config=FitConfig,
+        out="fit",
+        resume="--iters",
+        threads=True,
+        help="fit a flow to an unnormalized density by reverse KL (free energy)",
+        description=(
+            "Fit a normalizing flow q to p ∝ exp(-U) by minimizing the annealed free energy "
+            "E_q[ln q + β_t U] (Rezende & Mohamed 2015, Eq. 20). With no arguments: planar "
+            "K = 32 on U1–U4, the K = 32 column of their Figure 3."
+        ),
+    )
+    parser.add_argument(
+        "--target",
+        nargs="+",
+        default=None,
+        help=f"one or more of {', '.join(targets.NAMES)}, or module:function with --dim "
+        "(default: U1 U2 U3 U4)",
+    )
+    parser.add_argument(
+        "--no-confine",
+        dest="confine",
+        action="store_const",
+        const=False,
+        default=argparse.SUPPRESS,
+        help="do not add the wall at the edge of [-4, 4]² to U2-U4 (ln Z and KL become undefined)",
+    )
+
+
+def _fit(args: argparse.Namespace) -> int:
+    settings = given(args, FitConfig)
+    settings.pop("target")
+    if args.resume is not None:
+        root = args.resume
+        if set(settings) - {"iters"}:
+            raise ValueError("with --resume only --iters may be given: the run keeps its settings")
+        single = (root / CONFIG).exists()
+        dirs = [root] if single else sorted(p.parent for p in root.glob(f"*/{CONFIG}"))
+        if not dirs:
+            raise ValueError(f"cannot resume {root}: it holds no flowvi run")
+        jobs = [(resume_config(d, **settings), d) for d in dirs]
+    else:
+        root = check_output(output(args, "fit"))
+        if settings.get("pyro_model") and args.target:
+            raise ValueError("give --model (a Pyro model) or --target, not both")
+        names = [settings["pyro_model"]] if settings.get("pyro_model") else args.target
+        configs = [FitConfig(target=t, **settings) for t in names or ENERGIES]
+        for config in configs:  # refuse bad settings and targets before any work starts
+            config.validate()
+            config.resolve_target()
+        single = len(configs) == 1
+        jobs = [(c, root if single else root / run_name(c.target)) for c in configs]
+        if not single:  # runs/<target> beside a run's own files would mix them
+            run_directory(root)
+    resume = args.resume is not None
+    for _, directory in jobs:  # every directory checked before any run writes
+        run_directory(directory, resume=resume, kind="fit")
+    summary = {}
+    for config, directory in jobs:
+        metrics = run_fit(config, directory, resume=resume, progress=not args.quiet)
+        table = metrics.pop("posterior_table", None)
+        summary[config.target] = metrics
+        if table is not None:
+            print(table)
+        print(f"{config.target}: {_line(metrics)} -> {directory}")
+    if not single:
+        fits = [load_fit(d) for _, d in jobs]
+        fits = [fit for fit in fits if fit[1].dim == 2 and fit[1].box is not None]
+        if fits:
+            fit_figure(
+                [(target, flow) for flow, target, _ in fits],
+                root / "fit.png",
+                titles=[caption(target.name, metrics) for _, target, metrics in fits],
+            )
+        write_json(root / "metrics.json", summary)
+        print(f"figure: {root / 'fit.png'}")
+    return 0
+
+
+def _line(metrics: dict) -> str:
+    kl = metrics.get("kl")
+    kl_text = "n/a (no ln Z)" if kl is None else f"{kl:.4f} ± {metrics['kl_se']:.4f} nats"
+    return f"F = {metrics['free_energy']:.4f} nats, KL(q||p) = {kl_text}; {metrics['verdict']}"
