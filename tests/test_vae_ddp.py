@@ -2,19 +2,30 @@
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
+import json
 import os
+import re
+import signal
 import socket
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from safetensors import safe_open
 from safetensors.torch import load_file
 
+import flowvi
+from flowvi.app.vae import run_vae
+from flowvi.io import WEIGHTS
+from flowvi.vae.config import VAEConfig, make_vae
 from flowvi.vae.distributed import DataParallel
-from flowvi.vae.run import WEIGHTS, VAEConfig, make_vae, run_vae
 
 # An odd global batch (101 = 51 + 50) and a short last batch (1257 = 12 × 101 + 45 = 23 + 22):
 # unequal shards, where a plain per-rank mean would weight images wrongly.
@@ -106,11 +117,96 @@ def test_two_gloo_ranks_match_one_process(tmp_path, monkeypatch):
 
 def initial_parameters() -> dict[str, torch.Tensor]:
     """The initial parameters of the run (same seed, same construction as run_vae)."""
-    from flowvi.vae.run import _splits
+    from flowvi.vae.config import load_splits
 
     config = VAEConfig(**ARGS)
-    splits = _splits(config)
+    splits = load_splits(config)
     torch.manual_seed(config.seed)
     model = make_vae(config, splits.train.shape[1])
     model.decoder.init_bias(splits.train.mean(0))
     return {k: v.double() for k, v in model.state_dict().items()}
+
+
+# ----------------------------------------------------------------------------- Ctrl-C
+# A terminal's Ctrl-C sends SIGINT to the whole process group: torchrun and every rank; torchrun
+# forwards one more to every rank and kills those still running 30 s later. Small steps (a few
+# ms) and many epochs: the ranks are mid-training when it comes, and a resume is short.
+CTRL_C_ARGS = [
+    "--quiet",
+    "--data", "digits",
+    "--latent", "2",
+    "--hidden", "16",
+    "--length", "1",
+    "--batch-size", "128",
+    "--epochs", "20",
+    "--patience", "1000",
+    "--checkpoint-every", "1",
+]  # fmt: skip
+
+
+def _torchrun(argv: list[str], log: Path) -> subprocess.Popen:
+    """``torchrun --nproc_per_node=2 -m flowvi ...`` in a session of its own (its own process
+    group, as a terminal gives a command), stdout and stderr to ``log``.{out,err}."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE")}
+    env |= {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone"]
+    with open(f"{log}.out", "w") as out, open(f"{log}.err", "w") as err:
+        return subprocess.Popen(
+            [*command, "-m", "flowvi", *argv],
+            stdout=out,
+            stderr=err,
+            env=env,
+            start_new_session=True,
+        )
+
+
+def _finish(process: subprocess.Popen, timeout: float) -> int | None:
+    """The exit status within ``timeout`` seconds, else None (the group is killed)."""
+    try:
+        return process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        return None
+
+
+def _kill(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch built without torch.distributed")
+@pytest.mark.skipif(importlib.util.find_spec("torch.distributed.run") is None, reason="no torchrun")
+def test_ctrl_c_under_torchrun_checkpoints_exits_and_resumes(tmp_path):
+    run = tmp_path / "run"
+    process = _torchrun(["vae", "train", *CTRL_C_ARGS, "--out", str(run)], tmp_path / "first")
+    try:
+        deadline = time.monotonic() + 60
+        while not (run / "checkpoint.safetensors").exists():  # the first epoch is done
+            assert process.poll() is None, (tmp_path / "first.err").read_text()
+            assert time.monotonic() < deadline, "no checkpoint within 60 s"
+            time.sleep(0.02)
+        os.killpg(process.pid, signal.SIGINT)  # Ctrl-C in the terminal
+        status = _finish(process, timeout=25)  # torchrun kills hung ranks after 30 s
+    finally:
+        _kill(process)
+    err = (tmp_path / "first.err").read_text()
+    assert status is not None, f"no exit 25 s after Ctrl-C:\n{err}"
+    assert status != 0 and "forcefully exiting" not in err, err  # no rank had to be killed
+    # both ranks stopped after the same iteration, and rank 0 says how to continue
+    stops = re.findall(r"flowvi: interrupted after iteration (\d+)", err)
+    assert len(stops) == 2 and stops[0] == stops[1], err
+    assert f"continue it with: flowvi vae train --resume {run}" in err
+    with safe_open(str(run / "checkpoint.safetensors"), "pt") as f:
+        assert f.metadata()["iteration"] == stops[0]  # the checkpoint holds every step done
+    with pytest.warns(UserWarning, match="unfinished run"):
+        model = flowvi.load(run)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+    again = _torchrun(["vae", "train", "--quiet", "--resume", str(run)], tmp_path / "resume")
+    try:
+        status = _finish(again, timeout=120)
+    finally:
+        _kill(again)
+    assert status == 0, (tmp_path / "resume.err").read_text()
+    summary = json.loads((run / "train.json").read_text())
+    assert summary["epochs"] == 20 and summary["iterations"] == 20 * summary["iterations_per_epoch"]

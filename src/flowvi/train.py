@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import Tensor, nn
@@ -47,11 +48,25 @@ class TrainingInterrupted(KeyboardInterrupt):
 class _SigintFlag:
     """While active (in the main thread), a first Ctrl-C only sets ``raised``, so that training
     stops at the end of the current step, whose state a checkpoint can hold exactly; a second
-    Ctrl-C interrupts at once, as usual."""
+    Ctrl-C interrupts at once, as usual.
 
-    def __init__(self) -> None:
+    In a data-parallel run (an initialized ``torch.distributed`` process group of several
+    ranks, as under ``torchrun``) the ranks must stop at the same step: one that stopped while
+    another entered the next step's collectives would leave that one waiting or failing. So
+    :meth:`stop` all-reduces the flag at every step boundary (one scalar; a single process
+    pays nothing) and every rank stops where the first to see Ctrl-C did, and :meth:`stopped`
+    waits for every rank once rank 0 has written the checkpoint, so that no rank exits (and
+    makes torchrun stop the others) before it is on disk. There a second Ctrl-C does not
+    interrupt at once: a terminal's Ctrl-C reaches every rank twice, from the terminal and
+    forwarded by torchrun, and a rank leaving mid-step would lose the step on every rank;
+    torchrun kills the ranks that have not exited 30 s after its own Ctrl-C.
+    """
+
+    def __init__(self, device: torch.device | None = None) -> None:
         self.raised = False
         self._previous = None
+        self._group = _data_parallel()
+        self._device = torch.device("cpu") if device is None else device
 
     def __enter__(self) -> _SigintFlag:
         if threading.current_thread() is threading.main_thread():
@@ -62,13 +77,32 @@ class _SigintFlag:
         return self
 
     def _handle(self, signum, frame) -> None:
-        if self.raised:
+        if self.raised and not self._group:
             raise KeyboardInterrupt
         self.raised = True
+
+    def stop(self) -> bool:
+        """Whether to stop before the next step: Ctrl-C was seen here (or on any rank)."""
+        if not self._group:
+            return self.raised
+        flag = torch.tensor([float(self.raised)], device=self._device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        self.raised = bool(flag.item())
+        return self.raised
+
+    def stopped(self) -> None:
+        """After the checkpoint of a stop: wait until every rank is there (rank 0 wrote it)."""
+        if self._group:
+            dist.barrier()
 
     def __exit__(self, *exc) -> None:
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
+
+
+def _data_parallel() -> bool:
+    """Whether this process is one of several ranks of an initialized process group."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 class EarlyStopping:
@@ -217,7 +251,10 @@ def train(
     Ctrl-C (SIGINT, in the main thread) stops training at the end of the current step: the
     checkpoint is written and :class:`TrainingInterrupted` (a ``KeyboardInterrupt``) raised, so
     that ``resume=True`` continues bitwise as if never stopped. A second Ctrl-C interrupts at
-    once.
+    once. In a data-parallel run (a ``torch.distributed`` process group, as ``torchrun``
+    starts) every rank stops at the same step, the first after any rank saw Ctrl-C, and only
+    once the checkpoint is written; there a second Ctrl-C does not interrupt at once (see
+    :class:`_SigintFlag`).
 
     With ``early_stopping`` (see :class:`EarlyStopping`), a validation loss is evaluated every
     ``early_stopping.every`` iterations; training may stop before ``iters``, and the model ends
@@ -292,13 +329,15 @@ def train(
     if fused is not None:
         bar.set_postfix_str("compiling (first time, about a minute)", refresh=True)
     skips = 0
-    with _SigintFlag() as sigint, training_threads(threads):
+    device = params[0].device if params else None
+    with _SigintFlag(device) as sigint, training_threads(threads):
         for t in bar:
             if stopped:
                 break
-            if sigint.raised:
+            if sigint.stop():  # every rank of a data-parallel run at the same t
                 bar.close()
                 checkpoint(t)
+                sigint.stopped()
                 raise TrainingInterrupted(t, path if save else None)
             lr_t = lr * 0.5 * (1 + math.cos(math.pi * t / iters)) if schedule == "cosine" else lr
             for group in opt.param_groups:

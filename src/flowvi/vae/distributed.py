@@ -25,6 +25,10 @@ validation loss, so all stop together.
 from __future__ import annotations
 
 import os
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -45,6 +49,26 @@ def world_size() -> int:
     if not value.isdigit() or int(value) < 1:
         raise ValueError(f"WORLD_SIZE must be a positive integer, got {value!r}")
     return int(value)
+
+
+@contextmanager
+def _sigint_to_main_thread() -> Iterator[None]:
+    """The threads started inside (gloo's I/O and worker threads, the process group's and
+    DDP's) block SIGINT, so that a Ctrl-C reaches this process's main thread only.
+
+    A Ctrl-C delivered to a thread of gloo's that waits in a system call interrupts that call,
+    and a collective in flight (DDP's gradient all-reduce) then never completes on any rank: a
+    hang until torchrun kills the ranks. The main thread sets the flag that stops training at
+    the next step (:func:`flowvi.train.train`), which every rank then agrees on.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 class _Bound(nn.Module):
@@ -103,7 +127,8 @@ class DataParallel:
             torch.cuda.set_device(device)
         owns = not dist.is_initialized()
         if owns:
-            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+            with _sigint_to_main_thread():
+                dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
         return cls(rank=rank, world=dist.get_world_size(), device=device, owns_group=owns)
 
     @property
@@ -121,7 +146,8 @@ class DataParallel:
     def wrap(self, model: VAE) -> DistributedDataParallel:
         """The model's bound wrapped in DDP (parameters broadcast from rank 0)."""
         ids = [self.device.index] if self.device.type == "cuda" else None
-        return DistributedDataParallel(_Bound(model), device_ids=ids)
+        with _sigint_to_main_thread():
+            return DistributedDataParallel(_Bound(model), device_ids=ids)
 
     def loss(
         self,
