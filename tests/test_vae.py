@@ -426,3 +426,16 @@ def test_split_kl_replaces_the_base_log_ratio_by_its_closed_form(family, beta):
         plain = diagonal.elbo(x, samples=5, beta=beta, noise=noise)
         diagonal.split_kl = True
         assert torch.equal(diagonal.elbo(x, samples=5, beta=beta, noise=noise), plain)
+
+
+def test_epoch_order_visits_every_image_once_per_epoch_in_a_seeded_order():
+    from flowvi.vae.data import EpochOrder
+
+    order = EpochOrder(10, 4, seed=3)
+    assert order.per_epoch == 3 and len(order(2)) == 2  # the last batch is short
+    first = torch.cat([order(t) for t in range(3)])
+    assert sorted(first.tolist()) == list(range(10))
+    second = torch.cat([order(t) for t in range(3, 6)])
+    assert sorted(second.tolist()) == list(range(10)) and not torch.equal(first, second)
+    resumed = EpochOrder(10, 4, seed=3)  # a resumed run starts mid-way: the same batches
+    assert torch.equal(torch.cat([resumed(t) for t in range(3, 6)]), second)

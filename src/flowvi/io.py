@@ -42,6 +42,11 @@ class RunError(ValueError):
     """A run directory that cannot be loaded; the message names the file and what is wrong."""
 
 
+class RunNotFoundError(RunError, FileNotFoundError):
+    """A directory that holds no run (no ``config.json``): a :class:`RunError` (so a
+    ``ValueError``) and a ``FileNotFoundError``."""
+
+
 # what each command records as its run's "kind" in config.json, and the command that resumes it
 KINDS = {
     "fit": "flowvi fit",
@@ -483,8 +488,9 @@ def load(directory: str | Path, *, map_location: str | torch.device = "cpu") -> 
     checkpoint, with a ``UserWarning`` naming the checkpoint's iteration.
 
     Raises:
-        FileNotFoundError: if ``directory`` is not a run; when it holds several runs (a
-            multi-target ``flowvi fit``), the message lists them.
+        RunNotFoundError: (a ``RunError`` and a ``FileNotFoundError``) if ``directory`` is not
+            a run; when it holds several runs (a multi-target ``flowvi fit``), the message lists
+            them.
         RunError: (a ``ValueError``) naming the file and what is wrong: a ``config.json`` that is
             not a JSON object (truncated or corrupt), one with no model (a run of a command
             without one, such as ``cavi``), a model entry that cannot be rebuilt, no weights
@@ -496,7 +502,7 @@ def load(directory: str | Path, *, map_location: str | torch.device = "cpu") -> 
     if not config_path.exists():
         runs = sorted(p.parent.name for p in directory.glob(f"*/{CONFIG}"))
         hint = f"; it holds the runs {', '.join(runs)}: load one of them" if runs else ""
-        raise FileNotFoundError(f"{directory} is not a flowvi run (no {CONFIG}){hint}")
+        raise RunNotFoundError(f"{directory} is not a flowvi run (no {CONFIG}){hint}")
     config = read_config(directory)
     if isinstance(config.get("model"), str) and config["model"] in _OTHER_MODELS:
         return _load_other(directory, config, map_location)

@@ -557,6 +557,27 @@ def vae_grid(
     return _save(fig, path)
 
 
+def reconstructions_grid(
+    x: torch.Tensor, reconstructions: torch.Tensor, path: str | Path, *, shape: tuple[int, ...]
+) -> Path:
+    """32 images ``x: (32, D)`` and their ``reconstructions: (32, D)`` (values in ``[0, 1]``),
+    as :func:`vae_grid` draws them: the images in odd rows of 8, each row's reconstructions in
+    the even row below it.
+
+    Raises:
+        ValueError: if ``x`` and ``reconstructions`` are not both ``(32, D)``, or ``shape[-2:]``
+            does not hold ``D`` pixels.
+    """
+    if x.shape != reconstructions.shape or x.shape[0] != 32:
+        raise ValueError(
+            f"expected 32 images and 32 reconstructions, got {tuple(x.shape)} and "
+            f"{tuple(reconstructions.shape)}"
+        )
+    pairs = torch.stack([x.reshape(4, 8, -1), reconstructions.reshape(4, 8, -1)], 1)
+    title = "test images (odd rows) and reconstructions (even rows)"
+    return vae_grid(pairs.reshape(64, -1), path, shape=shape, title=title)
+
+
 def _tiles(
     images: torch.Tensor, shape: tuple[int, ...], columns: int, *, gap: int = 0
 ) -> tuple[torch.Tensor, int]:

@@ -16,7 +16,7 @@ import flowvi
 from flowvi import data
 from flowvi._checks import check_choice, check_dim
 from flowvi.app.options import command, given, output
-from flowvi.app.rundir import record, training
+from flowvi.app.rundir import check_resume, record, save_final, training
 from flowvi.density import check_data, fit_density
 from flowvi.flows import (
     LAYERS,
@@ -28,15 +28,10 @@ from flowvi.flows import (
     describe,
 )
 from flowvi.io import (
-    CHECKPOINT,
-    check_checkpoint,
-    check_iterations,
     check_memory,
-    checkpoint_iteration,
     load,
     read_json,
     run_directory,
-    save_weights,
     write_csv,
     write_json,
 )
@@ -271,8 +266,7 @@ def run_density(
     torch.manual_seed(config.seed)
     flow = make_flow(config, splits).to(device=device, dtype=dtype)
     if resume:  # every check before anything on disk changes
-        done = check_checkpoint(directory, flow, early_stopping=True)
-        check_iterations(done, config.iters, directory=directory, flag="--iters")
+        check_resume(directory, flow, iters=config.iters, flag="--iters", early_stopping=True)
     train, valid, test = (
         x.to(device=device, dtype=dtype) for x in (splits.train, splits.valid, splits.test)
     )
@@ -306,7 +300,7 @@ def run_density(
             progress=progress,
             compile=config.compile,
         )
-        save_weights(flow, directory, iteration=checkpoint_iteration(directory / CHECKPOINT) or 0)
+        save_final(flow, directory, trace)
         _write_trace(directory / "trace.csv", trace, stopper.trace)
         flow.eval()
         metrics = _metrics(flow, test, splits, trace, stopper)

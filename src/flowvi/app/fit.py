@@ -16,23 +16,18 @@ from flowvi import targets
 from flowvi._checks import check_choice, check_dim
 from flowvi._imports import load_object
 from flowvi.app.options import command, given, output
-from flowvi.app.rundir import record, training
+from flowvi.app.rundir import check_resume, record, save_final, training
 from flowvi.data.tables import read_arrays
 from flowvi.fitting import annealing_iters, fit
 from flowvi.flows import MASKS, ORDERS, describe
 from flowvi.inference.guides import initialize
 from flowvi.io import (
-    CHECKPOINT,
     CONFIG,
-    check_checkpoint,
-    check_iterations,
     check_memory,
     check_output,
-    checkpoint_iteration,
     load,
     read_json,
     run_directory,
-    save_weights,
     write_csv,
     write_json,
 )
@@ -261,8 +256,7 @@ def run_fit(
     flow = flow.to(device=device, dtype=dtype)
     target = target.to(device)
     if resume:  # every check before anything on disk changes
-        done = check_checkpoint(directory, flow)
-        check_iterations(done, config.iters, directory=directory, flag="--iters")
+        check_resume(directory, flow, iters=config.iters, flag="--iters")
     config_record = record(
         config,
         "fit",
@@ -289,7 +283,7 @@ def run_fit(
             compile=config.compile,
             drop=drop,
         )
-        save_weights(flow, directory, iteration=checkpoint_iteration(directory / CHECKPOINT) or 0)
+        save_final(flow, directory, trace)
         _write_trace(directory / "trace.csv", trace, drop.dropped, config)
         flow.eval()
         metrics = evaluate(flow, target, samples=config.samples)

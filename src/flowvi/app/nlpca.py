@@ -11,16 +11,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from flowvi.app.rundir import record, training
+from flowvi.app.images import prepare
+from flowvi.app.rundir import epoch_summary, record, save_final, training
 from flowvi.io import (
-    CHECKPOINT,
-    check_checkpoint,
-    check_iterations,
     check_memory,
-    checkpoint_iteration,
     read_json,
     run_directory,
-    save_weights,
     write_csv,
     write_json,
 )
@@ -56,35 +52,20 @@ def run_nlpca(
     directory = run_directory(directory, resume=resume, kind="nlpca")
     device, dtype = resolve_device(config.device), DTYPES[config.dtype]
     check_memory(vae_bytes(config, 28 * 28), "the model's parameters and one batch", device)
-    splits = load_splits(config)
-    torch.manual_seed(config.seed)
-    model = make_nlpca(config, splits.train.shape[1])
-    model.decoder.init_bias(splits.train.mean(0))
-    model = model.to(device=device, dtype=dtype)
-    n = len(splits.train)
-    per_epoch = math.ceil(n / config.batch_size)
-    if resume:  # every check before anything on disk changes
-        done = check_checkpoint(directory, model, early_stopping=True)
-        epochs = config.epochs * per_epoch
-        check_iterations(done, epochs, directory=directory, flag="--epochs", per_epoch=per_epoch)
-    train_x = splits.train.to(device=device, dtype=dtype)
-    valid_x = splits.valid.to(device=device, dtype=dtype)
+    model, splits, batches, train_x, valid_x = prepare(
+        config, make_nlpca, directory, resume=resume, device=device, dtype=dtype
+    )
+    per_epoch = batches.per_epoch
+
+    def loss_fn(t: int) -> tuple[Tensor, dict[str, Tensor]]:
+        x = train_x[batches(t)]  # the batches of a VAE run with the same seed
+        if splits.dynamic:
+            x = torch.bernoulli(x)
+        log_lik = model.log_lik(x)
+        return -log_lik.mean(), {"ln p(x | f(x))": log_lik}
+
     config_record = record(config, "nlpca", device, **splits.facts())
     with training(directory, config_record, resume=resume, changed=("epochs", "compile")):
-        orders: dict[int, Tensor] = {}
-
-        def loss_fn(t: int) -> tuple[Tensor, dict[str, Tensor]]:
-            epoch, batch = divmod(t, per_epoch)
-            if epoch not in orders:  # the permutation of a VAE run with the same seed
-                orders.clear()
-                g = torch.Generator().manual_seed(config.seed + 1000 + epoch)
-                orders[epoch] = torch.randperm(n, generator=g).to(device)
-            x = train_x[orders[epoch][batch * config.batch_size : (batch + 1) * config.batch_size]]
-            if splits.dynamic:
-                x = torch.bernoulli(x)
-            log_lik = model.log_lik(x)
-            return -log_lik.mean(), {"ln p(x | f(x))": log_lik}
-
         stopper = EarlyStopping(
             lambda: -model.log_lik(valid_x).mean(), every=per_epoch, patience=config.patience
         )
@@ -107,19 +88,12 @@ def run_nlpca(
         seconds = time.perf_counter() - start
         model.eval()
         model.fit_codes(train_x)
-        done = int((~torch.isnan(trace)).sum())
-        save_weights(
-            model, directory, iteration=checkpoint_iteration(directory / CHECKPOINT) or done
-        )
+        save_final(model, directory, trace)
         _write_trace(directory / "trace.csv", trace, stopper.trace, per_epoch)
+        summary = epoch_summary(stopper, trace, per_epoch, seconds)
         summary = {
-            "valid_reconstruction": stopper.best,
-            "best_epoch": stopper.best_iteration // per_epoch,
-            "epochs": math.ceil(done / per_epoch),
-            "iterations": done,
-            "iterations_per_epoch": per_epoch,
-            "stopped_early": stopper.stopped,
-            "train_seconds_this_session": seconds,
+            "valid_reconstruction": summary.pop("valid"),
+            **summary,
             "units": "nats per image (-ln p(x | f(x)), binary cross-entropy summed over pixels)",
         }
         write_json(directory / "train.json", summary)
@@ -153,20 +127,14 @@ def evaluate_nlpca(directory: str | Path, *, device: str = "cpu") -> dict[str, A
 
 @torch.no_grad()
 def _figures(model: NonlinearPCA, splits, directory: Path) -> None:
-    from flowvi.plot import vae_grid
+    from flowvi.plot import reconstructions_grid, vae_grid
 
     p = next(model.parameters())
     title = "decoded draws from a Gaussian fitted to the training codes"
     vae_grid(model.sample(64), directory / "samples.png", shape=splits.image_shape, title=title)
     x = splits.test[:32].to(p)
     recon = model.decoder(model.encode(x)).base_dist.probs
-    pairs = torch.stack([x.reshape(4, 8, -1), recon.reshape(4, 8, -1)], 1).reshape(64, -1)
-    vae_grid(
-        pairs,
-        directory / "reconstructions.png",
-        shape=splits.image_shape,
-        title="test images (odd rows) and reconstructions (even rows)",
-    )
+    reconstructions_grid(x, recon, directory / "reconstructions.png", shape=splits.image_shape)
 
 
 def _write_trace(path: Path, trace: Tensor, valid, per_epoch: int) -> None:

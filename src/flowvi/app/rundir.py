@@ -12,6 +12,7 @@ written) or ``failed`` (with the error).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -19,9 +20,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
-from flowvi.io import CHECKPOINT, checkpoint_iteration, versions, write_config, write_status
-from flowvi.train import TrainingInterrupted
+from flowvi.io import (
+    CHECKPOINT,
+    check_checkpoint,
+    check_iterations,
+    checkpoint_iteration,
+    save_weights,
+    versions,
+    write_config,
+    write_status,
+)
+from flowvi.train import EarlyStopping, TrainingInterrupted
 
 
 def record(config: Any, kind: str, device: torch.device, **facts: Any) -> dict[str, Any]:
@@ -67,3 +78,52 @@ def training(
         write_status(directory, "failed", error=f"{type(error).__name__}: {error}")
         raise
     write_status(directory, "finished")
+
+
+def check_resume(
+    directory: str | Path,
+    model: torch.nn.Module,
+    *,
+    iters: int,
+    flag: str,
+    per_epoch: int = 0,
+    early_stopping: bool = False,
+) -> None:
+    """Check a ``--resume`` before anything on disk changes: the checkpoint (if any) is whole
+    and fits ``model`` (:func:`flowvi.io.check_checkpoint`), and ``iters`` (``flag``'s value,
+    in iterations; ``per_epoch`` for a run counted in epochs) is not below the iterations done.
+
+    Raises:
+        flowvi.io.RunError: for a checkpoint that is unreadable or does not fit ``model``.
+        ValueError: for ``iters`` below the iterations done, naming the count.
+    """
+    done = check_checkpoint(directory, model, early_stopping=early_stopping)
+    check_iterations(done, iters, directory=directory, flag=flag, per_epoch=per_epoch)
+
+
+def save_final(model: torch.nn.Module, directory: str | Path, trace: Tensor) -> int:
+    """Write the trained ``model.safetensors`` with the iterations done (those of the last
+    checkpoint, else the finite entries of ``trace``), and return that count."""
+    path = Path(directory) / CHECKPOINT
+    done = (checkpoint_iteration(path) if path.exists() else None) or int(
+        (~torch.isnan(trace)).sum()
+    )
+    save_weights(model, directory, iteration=done)
+    return done
+
+
+def epoch_summary(
+    stopper: EarlyStopping, trace: Tensor, per_epoch: int, seconds: float
+) -> dict[str, Any]:
+    """What ``train.json`` says of a run trained by epochs with early stopping: the best
+    validation loss (``valid``), its epoch, the epochs and iterations done, and the seconds."""
+    done = int((~torch.isnan(trace)).sum())
+    return {
+        "valid": stopper.best,
+        "best_epoch": stopper.best_iteration // per_epoch,
+        "epochs": math.ceil(done / per_epoch),
+        "iterations": done,
+        "iterations_per_epoch": per_epoch,
+        "stopped_early": stopper.stopped,
+        "train_seconds_this_session": seconds,
+    }

@@ -15,19 +15,15 @@ from torch import Tensor
 
 from flowvi._checks import check_dim
 from flowvi.app.gap import GapConfig, gap_run, gap_table
+from flowvi.app.images import prepare
 from flowvi.app.nlpca import evaluate_nlpca, run_nlpca
 from flowvi.app.options import command, config_options, given, output
-from flowvi.app.rundir import record, training
+from flowvi.app.rundir import epoch_summary, record, save_final, training
 from flowvi.fused import BatchLoss
 from flowvi.io import (
-    CHECKPOINT,
-    check_checkpoint,
-    check_iterations,
     check_memory,
-    checkpoint_iteration,
     read_json,
     run_directory,
-    save_weights,
     write_csv,
     write_json,
 )
@@ -101,39 +97,17 @@ def run_vae(
         device, progress = ddp.device, progress and ddp.main
         ddp.barrier()  # every rank has checked the directory before rank 0 writes to it
     writes = ddp is None or ddp.main
-    splits = load_splits(config)
-    torch.manual_seed(config.seed)
-    D = splits.train.shape[1]
-    model = make_vae(config, D)
-    model.decoder.init_bias(splits.train.mean(0))
-    model = model.to(device=device, dtype=dtype)
-    n = len(splits.train)
-    per_epoch = math.ceil(n / config.batch_size)
-    if resume:  # every check before anything on disk changes
-        done = check_checkpoint(directory, model, early_stopping=True)
-        epochs = config.epochs * per_epoch
-        check_iterations(done, epochs, directory=directory, flag="--epochs", per_epoch=per_epoch)
-    train_x = splits.train.to(device=device, dtype=dtype)
-    valid_x = splits.valid.to(device=device, dtype=dtype)
+    model, splits, batches, train_x, valid_x = prepare(
+        config, make_vae, directory, resume=resume, device=device, dtype=dtype
+    )
+    per_epoch = batches.per_epoch
     shared = None if ddp is None else ddp.wrap(model)
-
     anneal = config.warmup * per_epoch
-
-    def order(epoch: int) -> Tensor:
-        g = torch.Generator().manual_seed(config.seed + 1000 + epoch)
-        return torch.randperm(n, generator=g).to(device)
-
-    cache: dict[int, Tensor] = {}
     analytic = config.kl != "mc"
 
     def batch_of(t: int) -> tuple[Tensor, Tensor]:
         """Iteration ``t``'s images and β (a 0-d tensor: a compiled step takes it as input)."""
-        epoch, batch = divmod(t, per_epoch)
-        if epoch not in cache:
-            cache.clear()
-            cache[epoch] = order(epoch)
-        index = cache[epoch][batch * config.batch_size : (batch + 1) * config.batch_size]
-        x = train_x[index]
+        x = train_x[batches(t)]
         if splits.dynamic:
             x = torch.bernoulli(x)
         beta = beta_schedule(t, beta0=config.beta0, anneal_iters=anneal, allow_zero=True)
@@ -189,21 +163,10 @@ def run_vae(
             ddp.close()
         if not writes:
             return {}
-        done = int((~torch.isnan(trace)).sum())
-        save_weights(
-            model, directory, iteration=checkpoint_iteration(directory / CHECKPOINT) or done
-        )
+        save_final(model, directory, trace)
         _write_trace(directory / "trace.csv", trace, stopper.trace, per_epoch, config)
-        summary = {
-            "valid_neg_elbo": stopper.best,
-            "best_epoch": stopper.best_iteration // per_epoch,
-            "epochs": math.ceil(done / per_epoch),
-            "iterations": done,
-            "iterations_per_epoch": per_epoch,
-            "stopped_early": stopper.stopped,
-            "train_seconds_this_session": seconds,
-            "units": "nats per image",
-        }
+        summary = epoch_summary(stopper, trace, per_epoch, seconds)
+        summary = {"valid_neg_elbo": summary.pop("valid"), **summary, "units": "nats per image"}
         write_json(directory / "train.json", summary)
         _figures(model, splits, directory)
     return summary
@@ -310,7 +273,7 @@ def _latent_figure(model, config, splits, directory, others) -> list[dict]:
 
 @torch.no_grad()
 def _figures(model: VAE, splits: BinarySplits, directory: Path) -> None:
-    from flowvi.plot import vae_grid
+    from flowvi.plot import reconstructions_grid, vae_grid
 
     model.eval()
     p = next(model.parameters())
@@ -319,13 +282,7 @@ def _figures(model: VAE, splits: BinarySplits, directory: Path) -> None:
     vae_grid(means, directory / "samples.png", shape=splits.image_shape, title="prior samples")
     x = splits.test[:32].to(p)
     recon = model.decoder(model.q(x).sample()).mean
-    pairs = torch.stack([x.reshape(4, 8, -1), recon.reshape(4, 8, -1)], 1).reshape(64, -1)
-    vae_grid(
-        pairs,
-        directory / "reconstructions.png",
-        shape=splits.image_shape,
-        title="test images (odd rows) and reconstructions (even rows)",
-    )
+    reconstructions_grid(x, recon, directory / "reconstructions.png", shape=splits.image_shape)
 
 
 def _write_trace(path: Path, trace: Tensor, valid, per_epoch: int, config: VAEConfig) -> None:

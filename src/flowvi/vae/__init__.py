@@ -1,5 +1,6 @@
 """Amortized variational inference: VAEs whose encoder outputs the flow of the posterior."""
 
+from flowvi.vae.config import VAEConfig, load_vae, make_vae
 from flowvi.vae.evaluate import layer_statistics, log_likelihood, mean_and_se, mean_elbo
 from flowvi.vae.latent2d import posterior_grids
 from flowvi.vae.model import VAE
@@ -30,10 +31,13 @@ __all__ = [
     "NonlinearPCA",
     "PixelLikelihood",
     "ProjectedPosterior",
+    "VAEConfig",
     "layer_statistics",
+    "load_vae",
     "log_likelihood",
     "make_posterior",
     "make_prior",
+    "make_vae",
     "mean_and_se",
     "mean_elbo",
     "posterior_grids",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +44,28 @@ class BinarySplits:
             "image_shape": list(self.image_shape),
             "n": {"train": len(self.train), "valid": len(self.valid), "test": len(self.test)},
         }
+
+
+class EpochOrder:
+    """The minibatches of training by epochs: epoch ``e`` visits the ``n`` training images in
+    the order of a permutation drawn from ``seed + 1000 + e``, so a resumed run, every
+    data-parallel rank and a nonlinear PCA with the same seed meet the same batches; iteration
+    ``t`` is batch ``t % per_epoch`` of epoch ``t // per_epoch`` (the last one may be short).
+
+    Calling it with ``t`` gives that batch's indices, ``(batch,)`` int64 on ``device``.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, device: torch.device | None = None):
+        self.n, self.batch_size, self.seed, self.device = n, batch_size, seed, device
+        self.per_epoch = math.ceil(n / batch_size)
+        self._epoch, self._order = -1, torch.empty(0, dtype=torch.long)
+
+    def __call__(self, t: int) -> Tensor:
+        epoch, batch = divmod(t, self.per_epoch)
+        if epoch != self._epoch:
+            g = torch.Generator().manual_seed(self.seed + 1000 + epoch)
+            self._epoch, self._order = epoch, torch.randperm(self.n, generator=g).to(self.device)
+        return self._order[batch * self.batch_size : (batch + 1) * self.batch_size]
 
 
 def load_binary(
