@@ -12,6 +12,7 @@ import torch
 import flowvi.flows
 from flowvi.flows import MASKS, ORDERS, build
 from flowvi.io import CONFIG, RunError, read_config
+from flowvi.train import OPTIMIZERS
 from flowvi.transforms.transformers import TRANSFORMERS
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -44,8 +45,8 @@ FLOW_OPTIONS: dict[str, dict[str, Any]] = {
         "faster after a compile of tens of seconds to minutes: for long or repeated runs)"
     },
     "device": {"help": "cpu, cuda, cuda:N or auto"},
-    "dtype": {"help": "float32 or float64"},
-    "optimizer": {"help": "adam or rmsprop"},
+    "dtype": {"help": "floating-point type of the model and data", "choices": tuple(DTYPES)},
+    "optimizer": {"help": "adam, or rmsprop as in the paper", "choices": tuple(OPTIMIZERS)},
     "seed": {"help": "random seed"},
     "lr": {"help": "learning rate"},
     "checkpoint_every": {"help": "iterations between checkpoints"},

@@ -16,7 +16,7 @@ from torch import nn
 
 from flowvi._checks import check_choice, check_dim
 from flowvi.io import CONFIG, WEIGHTS, RunError, read_config, run_weights
-from flowvi.settings import DTYPES, resolve_device
+from flowvi.settings import DTYPES, FLOW_OPTIONS, resolve_device
 from flowvi.train import check_compile, make_optimizer
 from flowvi.vae.data import BINARIZATIONS, DATASETS, BinarySplits, load_binary
 from flowvi.vae.model import VAE
@@ -136,7 +136,7 @@ class VAEConfig:
     epochs: int = field(default=100, metadata=_option("maximum training epochs"))
     batch_size: int = field(default=100, metadata=_option("images per iteration"))
     lr: float = field(default=1e-3, metadata=_option("learning rate"))
-    optimizer: str = field(default="adam", metadata=_option("adam or rmsprop"))
+    optimizer: str = field(default="adam", metadata=FLOW_OPTIONS["optimizer"])
     warmup: int = field(
         default=10, metadata=_option("epochs of KL warm-up (β from --beta0 to 1; 0: none)")
     )
@@ -150,7 +150,7 @@ class VAEConfig:
     test_fraction: float = field(default=0.2, metadata=_option("test share of digits"))
     seed: int = field(default=0, metadata=_option("random seed"))
     device: str = field(default="cpu", metadata=_option("cpu, cuda, cuda:N or auto"))
-    dtype: str = field(default="float32", metadata=_option("float32 or float64"))
+    dtype: str = field(default="float32", metadata=FLOW_OPTIONS["dtype"])
     checkpoint_every: int = field(default=1, metadata=_option("epochs between checkpoints"))
     eval_samples: int = field(default=5000, metadata=_option("importance samples k of vae eval"))
     eval_chunk: int = 500
