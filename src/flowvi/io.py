@@ -343,16 +343,17 @@ def write_config(
     changed: Iterable[str] = (),
 ) -> None:
     """Write a run's ``config.json`` once, when the run is created (with its ``kind`` and, where
-    it has one, its model's description, so that :func:`load` works from the first checkpoint).
+    it has one, its model's description, so that :func:`load` works from the first checkpoint),
+    after its ``status.json`` says ``created``.
 
     On ``resume`` the saved file is kept, updated (atomically, and only if anything differs)
     with the ``changed`` entries of ``record`` (e.g. ``iters`` extended) and any of ``kind`` and
     ``model`` that it lacks (a run written by an older flowvi).
     """
     path = Path(directory) / CONFIG
-    if not resume:
-        write_json(path, record)
+    if not resume:  # the state first: a run's config.json never stands without its status
         write_status(directory, "created")
+        write_json(path, record)
         return
     saved = read_config(directory)
     updated = dict(saved)
