@@ -491,10 +491,7 @@ def test_bad_input_is_refused_cleanly_and_changes_nothing(runs, tmp_path, capsys
         argv += ["--out", str(out)]
     before = _tree_hash(runs), _tree_hash(tmp_path)
     capsys.readouterr()
-    try:
-        code = main([*argv, "--quiet"] if _takes_quiet(argv) else argv)
-    except SystemExit as exit:  # argparse's own refusals
-        code = exit.code
+    code = main([*argv, "--quiet"] if _takes_quiet(argv) else argv)  # argparse's too
     err = capsys.readouterr().err
     assert code == 2, err
     assert fragment in err, err

@@ -32,8 +32,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run ``flowvi`` with ``argv`` (default: ``sys.argv[1:]``) and return its exit code: 0
     done, 2 a bad input or setting (the message names it; nothing on disk has changed), 3
     training stopped on non-finite values (the checkpoint keeps the last good state), 130
-    interrupted (Ctrl-C; the message says how to resume)."""
-    args = parser().parse_args(argv)
+    interrupted (Ctrl-C; the message says how to resume). Usage errors (an unknown option, a
+    value outside an option's choices) are argparse's: usage and message on standard error,
+    code 2, returned like the others (``--help`` and ``--version`` return 0)."""
+    try:
+        args = parser().parse_args(argv)
+    except SystemExit as done:
+        return 0 if done.code is None else int(done.code)
     try:
         threads = getattr(args, "threads", 1)
         if threads < 0:
