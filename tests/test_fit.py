@@ -248,3 +248,24 @@ def test_a_nan_in_epoch_training_names_the_epoch_and_batch(tmp_path):
     with pytest.raises(NonFiniteLossError, match=r"epoch 2, batch 1 \(iteration 7\)"):
         train(model, loss_fn, iters=9, iters_per_epoch=3, progress=False, directory=tmp_path)
     assert (tmp_path / CHECKPOINT).exists()  # the last good state is kept
+
+
+def test_a_cosine_schedule_decays_the_rate_to_zero_and_a_bad_one_is_refused(tmp_path):
+    import json
+
+    from safetensors import safe_open
+
+    def log_p(z):
+        return -0.5 * ((z - 1.0) / 0.01).pow(2).sum(-1)  # a posterior far narrower than q0
+
+    torch.manual_seed(0)
+    flow = flowvi.flows.build("affine", 2, base="diagonal")
+    flowvi.fit(flow, log_p, iters=1500, lr=0.05, schedule="cosine", progress=False,
+               directory=tmp_path)  # fmt: skip
+    with safe_open(str(tmp_path / "checkpoint.safetensors"), framework="pt") as f:
+        last = json.loads(f.metadata()["param_groups"])[0]["lr"]
+    assert last == pytest.approx(0.05 * 0.5 * (1 + math.cos(math.pi * 1499 / 1500)), rel=1e-9)
+    z = flow.sample((4000,))
+    assert (z.mean(0) - 1.0).abs().max() < 0.003 and bool((z.std(0) < 0.03).all())
+    with pytest.raises(ValueError, match="schedule"):
+        flowvi.fit(flow, log_p, iters=10, schedule="linear", progress=False)

@@ -198,6 +198,48 @@ def test_subsampled_likelihood_is_unbiased(n):
     assert not torch.allclose(one, full[:1])
 
 
+def two_subsampled_plates(x, y, g, sub=300, sub2=70):
+    w = pyro.sample("w", dist.Normal(0.0, 1.0).expand([3]).to_event(1))
+    sigma = pyro.sample("sigma", dist.HalfNormal(1.0))
+    with pyro.plate("data", len(y), subsample_size=sub) as i:
+        pyro.sample("y", dist.Normal((x[i] * w).sum(-1), sigma), obs=y[i])
+    with pyro.plate("other", len(g), subsample_size=sub2) as j:
+        pyro.sample("g", dist.Normal(w[..., :1], 1.0), obs=g[j])
+
+
+def test_exact_is_the_full_data_log_joint_of_a_subsampled_model():
+    """1000 and 250 data in plates of 300 and 70 (neither divides): four sweeps, the last of
+    each overlapping, give the log joint of the model without subsampling."""
+    generator = torch.Generator().manual_seed(0)
+    x, y = torch.randn(1000, 3, generator=generator), torch.randn(1000, generator=generator)
+    g = torch.randn(250, generator=generator)
+    x, y, g = x.double(), y.double(), g.double()
+    sub = target(two_subsampled_plates, x, y, g)
+    full = target(two_subsampled_plates, x, y, g, None, None)
+    assert sub.subsampled == {"data": (1000, 300), "other": (250, 70)} and full.subsampled == {}
+    z = torch.randn(7, sub.dim, generator=generator, dtype=torch.float64)
+    exact = sub.exact()
+    torch.testing.assert_close(exact.log_prob(z), full.log_prob(z), rtol=0, atol=1e-9)
+    assert full.exact() is full and exact.exact() is exact
+    assert not torch.allclose(sub.log_prob(z), full.log_prob(z))  # one call: an estimate
+    # the summary weighs q's draws with the exact log joint: its ELBO is the full model's
+    q = build("affine", sub.dim).double()
+    ours = flowvi.posterior.summarize(q, sub, samples=300, seed=1)
+    theirs = flowvi.posterior.summarize(q, full, samples=300, seed=1)
+    assert ours.elbo == pytest.approx(theirs.elbo, abs=1e-8)
+
+
+def test_exact_refuses_nested_subsampled_plates():
+    def nested(data):
+        mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+        with pyro.plate("rows", 10, subsample_size=3, dim=-2):
+            with pyro.plate("cols", 10, subsample_size=4, dim=-1):
+                pyro.sample("obs", dist.Normal(mu, 1.0), obs=torch.zeros(3, 4))
+
+    with pytest.raises(ValueError, match="nested subsampling"):
+        target(nested, None).exact().log_prob(torch.zeros(2, 1))
+
+
 def test_quick_subsample_indices_are_distinct_and_uniform():
     counts = torch.zeros(100)
     for _ in range(20_000):

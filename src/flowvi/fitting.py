@@ -25,6 +25,7 @@ def fit(
     batch_size: int = 256,
     lr: float = 3e-3,
     optimizer: str = "adam",
+    schedule: str = "constant",
     anneal: float = 0.0,
     beta0: float = 0.01,
     directory: str | Path | None = None,
@@ -46,6 +47,11 @@ def fit(
     protocol: planar K = 32 then fits U1 to KL(q‖p) ≈ 0.01–0.03 nats on every seed tried);
     the default here is no annealing, which real posteriors need: a q spread by a small β
     wanders where a model's log density is undefined (see ``benchmarks/RESULTS.md``).
+
+    ``schedule``: the learning rate stays ``lr`` (``"constant"``) or decays to 0 along a
+    cosine (``"cosine"``, :func:`flowvi.train.train`): with a subsampled model's noisy
+    gradients, the decay lets q settle into a posterior far narrower than the steps of a
+    constant rate.
 
     ``target`` is a :class:`flowvi.targets.Target`, a Pyro model's
     (:func:`flowvi.pyro.target`), or any function ``log_p(z: (batch, d)) -> (batch,)`` giving
@@ -117,6 +123,7 @@ def fit(
         iters=iters,
         lr=lr,
         optimizer=optimizer,
+        schedule=schedule,
         directory=directory,
         resume=resume,
         checkpoint_every=checkpoint_every,

@@ -159,7 +159,9 @@ def evaluate(
       p, which the reverse KL hardly sees.
 
     ``grid_size`` sets the ``ln Z`` quadrature grid (``grid_size²`` points of the target only).
+    Every quantity uses the target's exact log density (:meth:`flowvi.targets.Target.exact`).
     """
+    target = target.exact()  # a subsampled model's full-data log joint: exact weights
     parameter = next(flow.parameters(), None)
     dtype = torch.get_default_dtype() if parameter is None else parameter.dtype
     total, total_sq, log_w = 0.0, 0.0, []

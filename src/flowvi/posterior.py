@@ -215,7 +215,9 @@ def summarize(
 
     1. Draw ``samples`` points :math:`z_i \sim q` with :math:`\ln q(z_i)` in one pass
        (``q.rsample_and_log_prob``), ``chunk`` at a time, without gradients.
-    2. :math:`\ln w_i = \ln \tilde p(z_i) - \ln q(z_i)` (float64); draws whose log weight is
+    2. :math:`\ln w_i = \ln \tilde p(z_i) - \ln q(z_i)` (float64, with the exact
+       :math:`\tilde p` of :meth:`~flowvi.targets.Target.exact`: a subsampled model's
+       full-data log joint); draws whose log weight is
        NaN or :math:`\pm\infty` are dropped and counted (a target that is :math:`-\infty`
        outside its support gives them zero weight anyway).
     3. Diagnostics of the joint: PSIS :math:`\hat k` (:func:`flowvi.metrics.psis_khat`), Kish's
@@ -271,6 +273,7 @@ def summarize(
             f"q has event shape {tuple(event_shape)}, but target {target.name} is "
             f"{target.dim}-dimensional"
         )
+    target = target.exact()  # importance weights need the exact log density, not an estimate
     parts: dict[str, list[Tensor]] = {site.name: [] for site in target.sites}
     log_ws: list[Tensor] = []
     log_qs: list[Tensor] = []

@@ -12,7 +12,7 @@ import torch
 import flowvi.flows
 from flowvi.flows import MASKS, ORDERS, build
 from flowvi.io import CONFIG, RunError, read_config
-from flowvi.train import OPTIMIZERS
+from flowvi.train import OPTIMIZERS, SCHEDULES
 from flowvi.transforms.transformers import TRANSFORMERS
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -47,6 +47,10 @@ FLOW_OPTIONS: dict[str, dict[str, Any]] = {
     "device": {"help": "cpu, cuda, cuda:N or auto"},
     "dtype": {"help": "floating-point type of the model and data", "choices": tuple(DTYPES)},
     "optimizer": {"help": "adam, or rmsprop as in the paper", "choices": tuple(OPTIMIZERS)},
+    "schedule": {
+        "help": "learning rate: constant, or cosine (decays to 0 at --iters)",
+        "choices": SCHEDULES,
+    },
     "seed": {"help": "random seed"},
     "lr": {"help": "learning rate"},
     "checkpoint_every": {"help": "iterations between checkpoints"},

@@ -86,10 +86,7 @@ class DensityConfig:
     batch_size: int = field(default=256, metadata={"help": "data points per iteration"})
     lr: float = field(default=1e-3, metadata=FLOW_OPTIONS["lr"])
     optimizer: str = field(default="adam", metadata=FLOW_OPTIONS["optimizer"])
-    schedule: str = field(
-        default="cosine",
-        metadata={"help": "learning rate: cosine (decays to 0 at --iters) or constant"},
-    )
+    schedule: str = field(default="cosine", metadata=FLOW_OPTIONS["schedule"])
     valid_every: int = field(
         default=100, metadata={"help": "iterations between validation evaluations"}
     )

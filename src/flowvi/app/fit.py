@@ -38,7 +38,7 @@ from flowvi.posterior import summarize
 from flowvi.settings import DTYPES, FLOW_OPTIONS, build_flow, resolve_device, saved_config
 from flowvi.targets import ENERGIES
 from flowvi.targets.sites import vector_site
-from flowvi.train import DropPolicy, check_compile, make_optimizer
+from flowvi.train import SCHEDULES, DropPolicy, check_compile, make_optimizer
 from flowvi.transforms.transformers import TRANSFORMERS
 
 # registered layers with no parameters to fit: the fixed data-end maps of density runs
@@ -103,6 +103,7 @@ class FitConfig:
     batch_size: int = field(default=256, metadata={"help": "samples per iteration"})
     lr: float = field(default=3e-3, metadata=FLOW_OPTIONS["lr"])
     optimizer: str = field(default="adam", metadata=FLOW_OPTIONS["optimizer"])
+    schedule: str = field(default="constant", metadata=FLOW_OPTIONS["schedule"])
     beta0: float = field(
         default=0.01, metadata={"help": "initial inverse temperature β_0 of Eq. 20"}
     )
@@ -163,6 +164,7 @@ class FitConfig:
         if self.transformer is not None:
             check_choice(self.transformer, TRANSFORMERS, "transformer")
         make_optimizer([torch.zeros(1, requires_grad=True)], self.optimizer, self.lr)
+        check_choice(self.schedule, SCHEDULES, "schedule")
         check_compile(compile=self.compile, optimizer=self.optimizer)
         beta_schedule(0, beta0=self.beta0, anneal_iters=annealing_iters(self.anneal, self.iters))
         if not (math.isfinite(self.init_scale) and self.init_scale > 0):
@@ -274,6 +276,7 @@ def run_fit(
             batch_size=config.batch_size,
             lr=config.lr,
             optimizer=config.optimizer,
+            schedule=config.schedule,
             anneal=config.anneal,
             beta0=config.beta0,
             directory=directory,

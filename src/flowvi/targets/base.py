@@ -70,6 +70,13 @@ class Target(nn.Module):
         model's prior median (:class:`flowvi.pyro.PyroTarget`)."""
         return torch.zeros(self.dim)
 
+    def exact(self) -> Target:
+        """This target with an exact log density, for diagnostics and summaries: a model whose
+        every call scores a random subsample of its data (an unbiased but noisy estimate, right
+        for stochastic optimization, wrong for importance weights) gives its full-data log
+        joint (:meth:`flowvi.pyro.PyroTarget.exact`); every other target returns itself."""
+        return self
+
     def energy(self, z: Tensor) -> Tensor:
         """:math:`U(z) = -\\ln \\tilde p(z)`, shape ``(*batch,)``."""
         return -self.log_prob(z)
