@@ -119,7 +119,11 @@ class FitConfig:
     dtype: str = field(default="float32", metadata=FLOW_OPTIONS["dtype"])
     checkpoint_every: int = field(default=1_000, metadata=FLOW_OPTIONS["checkpoint_every"])
     samples: int = field(
-        default=100_000, metadata={"help": "Monte Carlo samples for the final metrics"}
+        default=100_000,
+        metadata={
+            "help": "Monte Carlo samples for the final metrics (at most 4000 for a model with "
+            "subsampled data, each scored on all of it)"
+        },
     )
     compile: bool = field(default=False, metadata=FLOW_OPTIONS["compile"])
 
@@ -289,7 +293,9 @@ def run_fit(
         save_final(flow, directory, trace)
         _write_trace(directory / "trace.csv", trace, drop.dropped, config)
         flow.eval()
-        metrics = evaluate(flow, target, samples=config.samples)
+        # a subsampled model is scored on all its data per draw: as many draws as the summary
+        samples = config.samples if target.exact() is target else min(config.samples, 4000)
+        metrics = evaluate(flow, target, samples=samples)
         metrics["verdict"] = verdict(metrics)
         metrics["dropped_samples"] = int(drop.dropped.sum())
         metrics["dropped_iterations"] = int((drop.dropped > 0).sum())
