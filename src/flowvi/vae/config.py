@@ -313,7 +313,10 @@ def load_vae(
     """
     config, saved = saved_run(directory, "vae")
     if config.model == "nlpca":
-        raise RunError(f"{directory} holds a nonlinear PCA: load it with pca.load_nlpca")
+        raise RunError(
+            f"{directory} holds a nonlinear PCA (--model nlpca), not a VAE: it has no posterior "
+            "q(z|x); flowvi.load or flowvi.vae.pca.load_nlpca gives its model"
+        )
     model = with_weights(make_vae(config, saved["D"]), directory, unfinished=unfinished)
     return model.to(device=resolve_device(device), dtype=DTYPES[config.dtype]), config
 
