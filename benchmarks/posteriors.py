@@ -706,6 +706,8 @@ def label(settings: dict, budget: int | None = None) -> str:
     if o.get("batch_size") != budget:
         parts.append(f"S {o.get('batch_size')}")
     parts.append(f"lr {o.get('lr'):g}")
+    if o.get("schedule", "constant") != "constant":
+        parts.append(f"{o['schedule']} rate")
     if o.get("optimizer", "adam") != "adam":
         parts.append(o["optimizer"])
     if settings.get("init_scale") is not None:
