@@ -88,21 +88,6 @@ def provenance(*packages: str) -> dict[str, Any]:
     return {"commit": git_commit(), "versions": versions(*packages), "machine": machine()}
 
 
-def vae_splits(config):
-    """The binary image splits of a VAE run's settings (:class:`flowvi.app.vae.VAEConfig`):
-    :func:`flowvi.vae.data.load_binary` with its data set, binarization, fractions and seed."""
-    from flowvi.vae.data import load_binary
-
-    return load_binary(
-        config.data,
-        binarize=config.binarize,
-        data_dir=config.data_dir,
-        valid_fraction=config.valid_fraction,
-        test_fraction=config.test_fraction,
-        seed=config.seed,
-    )
-
-
 def finite(record: dict) -> dict:
     """NaN and ±inf as ``None``, so that the JSON is strict."""
     return {

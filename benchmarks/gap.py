@@ -38,11 +38,10 @@ from benchmarks.common import (
     one_thread,
     provenance,
     save_records,
-    vae_splits,
 )
 from flowvi.app.gap import gap_table
 from flowvi.settings import DTYPES
-from flowvi.vae.config import load_vae
+from flowvi.vae.config import load_splits, load_vae
 from flowvi.vae.evaluate import mean_and_se
 from flowvi.vae.gap import GapSettings, ais_log_likelihood, bdmc, inference_gap
 
@@ -70,7 +69,7 @@ def ais_check(model, x, settings: GapSettings, chains: int) -> dict:
 def run_one(directory: Path, args: argparse.Namespace, settings: GapSettings) -> dict:
     model, config = load_vae(directory)
     model.eval()
-    x = vae_splits(config).test[: args.n].to(dtype=DTYPES[config.dtype])
+    x = load_splits(config).test[: args.n].to(dtype=DTYPES[config.dtype])
     torch.manual_seed(args.seed)
     check = ais_check(model, x[: args.check_points], settings, args.check_chains or args.chains)
     change = f"{check['change']:+.3f} ± {check['change_se']:.3f}"

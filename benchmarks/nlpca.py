@@ -60,12 +60,11 @@ from benchmarks.common import (
     one_thread,
     provenance,
     save_records,
-    vae_splits,
 )
 from flowvi.app.vae import run_vae
 from flowvi.io import WEIGHTS
 from flowvi.plot import image_panels
-from flowvi.vae.config import VAEConfig, load_vae
+from flowvi.vae.config import VAEConfig, load_splits, load_vae
 from flowvi.vae.evaluate import log_likelihood, mean_and_se, mean_elbo
 from flowvi.vae.pca import load_nlpca, reconstruction_metrics, vae_reconstruction
 
@@ -129,7 +128,7 @@ def run_one(s: argparse.Namespace, model_name: str, d: int, seed: int, clf) -> d
                 progress=False,
             )
     seconds = time.perf_counter() - start
-    splits = vae_splits(config)
+    splits = load_splits(config)
     test, train = splits.test.float(), splits.train.float()
     record = {"model": model_name, "latent": d, "seed": seed, "epochs_max": s.epochs}
     if model_name == "nlpca":
@@ -173,7 +172,7 @@ def linear_pca_pixel_error(d: int, seed: int) -> float:
     """Pixel error of linear PCA with ``d`` components on the same binary split."""
     from sklearn.decomposition import PCA
 
-    splits = vae_splits(VAEConfig(seed=seed))
+    splits = load_splits(VAEConfig(seed=seed))
     pca = PCA(n_components=d, random_state=seed).fit(splits.train.numpy())
     recon = pca.inverse_transform(pca.transform(splits.test.numpy()))
     return float(((recon > 0.5) != (splits.test.numpy() > 0.5)).mean())
@@ -181,7 +180,7 @@ def linear_pca_pixel_error(d: int, seed: int) -> float:
 
 def figure(s: argparse.Namespace, d: int) -> Path:
     config = VAEConfig(seed=0)
-    splits = vae_splits(config)
+    splits = load_splits(config)
     panels = {"test images": splits.test[:64]}
     names = {"vae": "VAE, N(0, I) prior", "vae-maf": "VAE, MAF prior", "nlpca": "nonlinear PCA"}
     for name, title in names.items():
@@ -245,7 +244,7 @@ def main() -> None:
         s.figure_latent = 2
     one_thread()
     clf, accuracy = judge()
-    real = sample_scores(clf, vae_splits(VAEConfig(seed=0)).test)
+    real = sample_scores(clf, load_splits(VAEConfig(seed=0)).test)
     records = load_records(s.out)
     done = {(r["model"], r["latent"], r["seed"], r.get("epochs_max")) for r in records}
     for seed in s.seeds:

@@ -53,13 +53,12 @@ from benchmarks.common import (
     one_thread,
     provenance,
     save_records,
-    vae_splits,
 )
 from flowvi.app.vae import run_vae
 from flowvi.fused import BatchLoss, FusedAdamStep
 from flowvi.io import WEIGHTS
 from flowvi.train import CHECKPOINT, train
-from flowvi.vae.config import KLS, VAEConfig, load_vae, make_vae
+from flowvi.vae.config import KLS, VAEConfig, load_splits, load_vae, make_vae
 from flowvi.vae.evaluate import log_likelihood, mean_and_se, mean_elbo
 
 POSTERIORS = ("diagonal", "planar", "radial", "sylvester-o", "sylvester-h", "sylvester-t", "iaf")
@@ -139,7 +138,7 @@ def run_one(posterior: str, length: int, s: argparse.Namespace) -> dict:
         train_info = _read(directory / "train.json")
     model, config = load_vae(directory)
     model.eval()
-    splits = vae_splits(config)
+    splits = load_splits(config)
     x = splits.test.to(torch.float32)
     torch.manual_seed(s.seed)
     neg_elbo = -mean_elbo(model, x)
@@ -292,7 +291,7 @@ def timing(s: argparse.Namespace) -> list[dict]:
     config = VAEConfig(
         data=s.data, latent=s.latent, hidden=tuple(s.hidden), seed=s.seed, lr=s.lr, kl=s.kl
     )
-    splits = vae_splits(config)
+    splits = load_splits(config)
     x = splits.train[: s.batch_size].to(torch.float32)
     per_epoch = math.ceil(len(splits.train) / s.batch_size)
     blocks = {}
