@@ -4,15 +4,14 @@
 from __future__ import annotations
 
 import math
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from flowvi.app.images import prepare
-from flowvi.app.rundir import epoch_summary, record, save_final, training
+from flowvi.app.images import epoch_summary, prepare, train_by_epochs
+from flowvi.app.rundir import record, save_final, training
 from flowvi.io import (
     check_memory,
     read_json,
@@ -21,7 +20,6 @@ from flowvi.io import (
     write_json,
 )
 from flowvi.settings import DTYPES, resolve_device
-from flowvi.train import EarlyStopping, train
 from flowvi.vae.config import load_splits, vae_bytes
 from flowvi.vae.pca import NonlinearPCA, load_nlpca, make_nlpca, reconstruction_metrics
 
@@ -66,36 +64,30 @@ def run_nlpca(
 
     config_record = record(config, "nlpca", device, **splits.facts())
     with training(directory, config_record, resume=resume, changed=("epochs", "compile")):
-        stopper = EarlyStopping(
-            lambda: -model.log_lik(valid_x).mean(), every=per_epoch, patience=config.patience
-        )
-        start = time.perf_counter()
-        trace = train(
+        trace, stopper, seconds = train_by_epochs(
+            config,
             model,
             loss_fn,
-            iters=config.epochs * per_epoch,
-            lr=config.lr,
-            optimizer=config.optimizer,
-            directory=directory,
+            lambda: -model.log_lik(valid_x).mean(),
+            per_epoch,
+            directory,
             resume=resume,
-            checkpoint_every=config.checkpoint_every * per_epoch,
             progress=progress,
             desc="nlpca",
             label="recon",
-            early_stopping=stopper,
-            iters_per_epoch=per_epoch,
         )
-        seconds = time.perf_counter() - start
         model.eval()
         model.fit_codes(train_x)
         save_final(model, directory, trace)
         _write_trace(directory / "trace.csv", trace, stopper.trace, per_epoch)
-        summary = epoch_summary(stopper, trace, per_epoch, seconds)
-        summary = {
-            "valid_reconstruction": summary.pop("valid"),
-            **summary,
-            "units": "nats per image (-ln p(x | f(x)), binary cross-entropy summed over pixels)",
-        }
+        summary = epoch_summary(
+            stopper,
+            trace,
+            per_epoch,
+            seconds,
+            valid="valid_reconstruction",
+            units="nats per image (-ln p(x | f(x)), binary cross-entropy summed over pixels)",
+        )
         write_json(directory / "train.json", summary)
         evaluate_nlpca(directory, device=config.device)
         _figures(model, splits, directory)

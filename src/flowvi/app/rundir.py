@@ -12,7 +12,6 @@ written) or ``failed`` (with the error).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -32,7 +31,7 @@ from flowvi.io import (
     write_config,
     write_status,
 )
-from flowvi.train import EarlyStopping, TrainingInterrupted
+from flowvi.train import TrainingInterrupted
 
 
 def record(config: Any, kind: str, device: torch.device, **facts: Any) -> dict[str, Any]:
@@ -110,20 +109,3 @@ def save_final(model: torch.nn.Module, directory: str | Path, trace: Tensor) -> 
     )
     save_weights(model, directory, iteration=done)
     return done
-
-
-def epoch_summary(
-    stopper: EarlyStopping, trace: Tensor, per_epoch: int, seconds: float
-) -> dict[str, Any]:
-    """What ``train.json`` says of a run trained by epochs with early stopping: the best
-    validation loss (``valid``), its epoch, the epochs and iterations done, and the seconds."""
-    done = int((~torch.isnan(trace)).sum())
-    return {
-        "valid": stopper.best,
-        "best_epoch": stopper.best_iteration // per_epoch,
-        "epochs": math.ceil(done / per_epoch),
-        "iterations": done,
-        "iterations_per_epoch": per_epoch,
-        "stopped_early": stopper.stopped,
-        "train_seconds_this_session": seconds,
-    }

@@ -15,10 +15,10 @@ from torch import Tensor
 
 from flowvi._checks import check_dim
 from flowvi.app.gap import GapConfig, gap_run, gap_table
-from flowvi.app.images import prepare
+from flowvi.app.images import epoch_summary, prepare, train_by_epochs
 from flowvi.app.nlpca import evaluate_nlpca, run_nlpca
 from flowvi.app.options import command, config_options, given, output
-from flowvi.app.rundir import epoch_summary, record, save_final, training
+from flowvi.app.rundir import record, save_final, training
 from flowvi.fused import BatchLoss
 from flowvi.io import (
     check_memory,
@@ -29,7 +29,6 @@ from flowvi.io import (
 )
 from flowvi.objectives import beta_schedule
 from flowvi.settings import DTYPES, resolve_device
-from flowvi.train import EarlyStopping, train
 from flowvi.vae.config import (
     VAEConfig,
     load_splits,
@@ -139,34 +138,29 @@ def run_vae(
     with training(
         directory, config_record, resume=resume, changed=("epochs", "compile"), writes=writes
     ):
-        stopper = EarlyStopping(valid_loss, every=per_epoch, patience=config.patience)
-        start = time.perf_counter()
-        trace = train(
+        trace, stopper, seconds = train_by_epochs(
+            config,
             model,
             BatchLoss(batch_of, loss),
-            iters=config.epochs * per_epoch,
-            lr=config.lr,
-            optimizer=config.optimizer,
-            directory=directory,
+            valid_loss,
+            per_epoch,
+            directory,
             resume=resume,
-            checkpoint_every=config.checkpoint_every * per_epoch,
             progress=progress,
             desc=f"vae {config.posterior}",
             label="-bound",
-            early_stopping=stopper,
-            iters_per_epoch=per_epoch,
             save=writes,
             compile=config.compile,
         )
-        seconds = time.perf_counter() - start
         if ddp is not None:
             ddp.close()
         if not writes:
             return {}
         save_final(model, directory, trace)
         _write_trace(directory / "trace.csv", trace, stopper.trace, per_epoch, config)
-        summary = epoch_summary(stopper, trace, per_epoch, seconds)
-        summary = {"valid_neg_elbo": summary.pop("valid"), **summary, "units": "nats per image"}
+        summary = epoch_summary(
+            stopper, trace, per_epoch, seconds, valid="valid_neg_elbo", units="nats per image"
+        )
         write_json(directory / "train.json", summary)
         _figures(model, splits, directory)
     return summary
